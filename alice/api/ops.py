@@ -1,0 +1,42 @@
+"""Operations endpoints: /health and /ready (SPEC section 8)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from alice.api.deps import ServicesDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """200 while the process runs."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/ready",
+    responses={503: {"description": "A dependency does not answer; the body says which."}},
+)
+async def ready(services: ServicesDep) -> JSONResponse:
+    """200 when the database (and Redis, when configured) answer; else 503 naming the failure."""
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(3):
+            async with services.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception:  # noqa: BLE001 - any failure means "not ready", reported below
+        checks["database"] = "unavailable"
+    if services.limiter.shared:
+        async with asyncio.timeout(3):
+            checks["redis"] = "ok" if await services.limiter.ping() else "unavailable"
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+    )

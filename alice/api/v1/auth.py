@@ -1,0 +1,90 @@
+"""/api/v1/auth: register, login, refresh, logout, me (SPEC section 4)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from alice.api.deps import CurrentUser, ServicesDep, rate_limit
+from alice.core.errors import ErrorCode, responses
+from alice.schemas.auth import (
+    LoginRequest,
+    RefreshRequest,
+    TokenResponse,
+    UserCreate,
+    UserResponse,
+)
+from alice.services.auth import TokenPair
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_COMMON = (ErrorCode.VALIDATION_ERROR, ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.PAYLOAD_TOO_LARGE)
+_AUTHED = (ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_TOKEN, ErrorCode.ACCOUNT_DISABLED,
+           ErrorCode.RATE_LIMIT_EXCEEDED)
+
+
+def _tokens(pair: TokenPair, response: Response) -> TokenResponse:
+    response.headers.update(_NO_STORE)
+    return TokenResponse(
+        access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
+    )
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TokenResponse,
+    dependencies=[rate_limit("register", "5/minute", "ip")],
+    responses=responses(*_COMMON, ErrorCode.EMAIL_ALREADY_EXISTS),
+)
+async def register(body: UserCreate, services: ServicesDep, response: Response) -> TokenResponse:
+    """Create an account and log it in."""
+    pair = await services.auth.register(body.email, body.password, body.display_name)
+    return _tokens(pair, response)
+
+
+@router.post(
+    "/login",
+    response_model=TokenResponse,
+    dependencies=[rate_limit("login", "5/minute", "ip")],
+    responses=responses(*_COMMON, ErrorCode.AUTHENTICATION_FAILED, ErrorCode.ACCOUNT_DISABLED),
+)
+async def login(body: LoginRequest, services: ServicesDep, response: Response) -> TokenResponse:
+    """Exchange email and password for a token pair (a new session)."""
+    pair = await services.auth.login(body.email, body.password)
+    return _tokens(pair, response)
+
+
+@router.post(
+    "/refresh",
+    response_model=TokenResponse,
+    dependencies=[rate_limit("refresh", "10/minute", "ip")],
+    responses=responses(*_COMMON, ErrorCode.INVALID_TOKEN, ErrorCode.ACCOUNT_DISABLED),
+)
+async def refresh(body: RefreshRequest, services: ServicesDep, response: Response) -> TokenResponse:
+    """Rotate a refresh token: the presented one is revoked, a new pair issued."""
+    pair = await services.auth.refresh(body.refresh_token)
+    return _tokens(pair, response)
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[rate_limit("logout", "10/minute", "user")],
+    responses=responses(*_AUTHED),
+)
+async def logout(user: CurrentUser, services: ServicesDep) -> Response:
+    """End every session of the user: refresh tokens revoked, access tokens refused."""
+    await services.auth.logout(user.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/me",
+    response_model=UserResponse,
+    dependencies=[rate_limit("me", "60/minute", "user")],
+    responses=responses(*_AUTHED),
+)
+async def me(user: CurrentUser) -> UserResponse:
+    """The current user's profile."""
+    return UserResponse.model_validate(user)

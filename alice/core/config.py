@@ -1,0 +1,126 @@
+"""Settings: every variable of SPEC section 2, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_BYTES = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ALICE_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    env: Literal["development", "production", "test"] = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./data")
+    database_url: str = "sqlite+aiosqlite:///./data/alice.db"
+    database_pool_size: int = 10
+    redis_url: str | None = None
+    secret_key: SecretStr | None = None
+
+    access_token_minutes: int = 15
+    refresh_token_days: int = 7
+    refresh_reuse_grace_seconds: float = 10
+    session_max_days: float = 30
+
+    # Argon2id cost. The defaults are argon2-cffi's RFC 9106 low-memory profile; tests lower them.
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
+    argon2_max_concurrent: int = 4
+
+    rate_limit_enabled: bool = True
+    forwarded_allow_ips: str | None = None
+    cors_origins: str = ""
+
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL")
+    )
+    ai_model: str = "claude-sonnet-4-5"
+    ai_max_tokens: int = 1024
+    system_prompt: str = "You are ALICE, a helpful AI assistant."
+    ai_context_messages: int = 40
+    ai_timeout_seconds: float = 60
+    mock_token_delay_ms: float = 30
+
+    sse_ping_seconds: float = 15
+    generation_on_disconnect: Literal["continue", "stop"] = "continue"
+    generation_max_seconds: float = 600
+    generation_heartbeat_seconds: float = 10
+    stream_retention_seconds: float = 300
+    sse_max_connection_seconds: float = 300
+
+    log_format: Literal["text", "json"] = "text"
+    shutdown_grace_seconds: float = 30
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env == "production":
+            key = self.secret_key.get_secret_value() if self.secret_key else ""
+            if len(key.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    "ALICE_ENV=production needs ALICE_SECRET_KEY of at least 32 bytes; "
+                    'make one with: python -c "import secrets; print(secrets.token_hex(32))"'
+                )
+        return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def forwarded_allow_list(self) -> list[str]:
+        if not self.forwarded_allow_ips:
+            return []
+        return [ip.strip() for ip in self.forwarded_allow_ips.split(",") if ip.strip()]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def signing_key(self) -> str:
+        """The HS256 key: the configured one, or the development key kept in the data dir."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        return _development_key(self.data_dir)
+
+
+def _development_key(data_dir: Path) -> str:
+    path = data_dir / "secret.key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    # Written aside, then linked into place: when several workers start at once, the first
+    # link wins and the others read a complete key, never a half-written file.
+    tmp = data_dir / f".secret.key.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        key = path.read_text().strip()
+    finally:
+        tmp.unlink()
+    return key
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,163 @@
+"""Every error code of SPEC section 3, the exception that raises it and its OpenAPI entry."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    INVALID_TOKEN = "INVALID_TOKEN"
+    ACCOUNT_DISABLED = "ACCOUNT_DISABLED"
+    EMAIL_ALREADY_EXISTS = "EMAIL_ALREADY_EXISTS"
+    CONVERSATION_NOT_FOUND = "CONVERSATION_NOT_FOUND"
+    GENERATION_IN_PROGRESS = "GENERATION_IN_PROGRESS"
+    STREAM_UNAVAILABLE = "STREAM_UNAVAILABLE"
+    GENERATION_TIME_LIMIT = "GENERATION_TIME_LIMIT"
+    GENERATION_LOST = "GENERATION_LOST"
+    SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
+    RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    AI_SERVICE_UNAVAILABLE = "AI_SERVICE_UNAVAILABLE"
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.VALIDATION_ERROR: 422,
+    ErrorCode.AUTHENTICATION_FAILED: 401,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.INVALID_TOKEN: 401,
+    ErrorCode.ACCOUNT_DISABLED: 403,
+    ErrorCode.EMAIL_ALREADY_EXISTS: 409,
+    ErrorCode.CONVERSATION_NOT_FOUND: 404,
+    ErrorCode.GENERATION_IN_PROGRESS: 409,
+    ErrorCode.STREAM_UNAVAILABLE: 503,
+    ErrorCode.RATE_LIMIT_EXCEEDED: 429,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.AI_SERVICE_UNAVAILABLE: 503,
+    ErrorCode.DATABASE_UNAVAILABLE: 503,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+
+DEFAULT_DETAIL: dict[ErrorCode, str] = {
+    ErrorCode.VALIDATION_ERROR: "The request is not valid.",
+    ErrorCode.AUTHENTICATION_FAILED: "Incorrect email or password.",
+    ErrorCode.UNAUTHORIZED: "Not authenticated.",
+    ErrorCode.INVALID_TOKEN: "The token is invalid or has expired.",
+    ErrorCode.ACCOUNT_DISABLED: "This account is disabled.",
+    ErrorCode.EMAIL_ALREADY_EXISTS: "An account with this email already exists.",
+    ErrorCode.CONVERSATION_NOT_FOUND: "Conversation not found.",
+    ErrorCode.GENERATION_IN_PROGRESS: "A reply is still being generated in this conversation.",
+    ErrorCode.STREAM_UNAVAILABLE: "The reply's events cannot be reached from this server.",
+    ErrorCode.GENERATION_TIME_LIMIT: "The reply ran past its time limit.",
+    ErrorCode.GENERATION_LOST: "The server generating the reply stopped.",
+    ErrorCode.SERVER_SHUTTING_DOWN: "The server generating the reply is shutting down.",
+    ErrorCode.RATE_LIMIT_EXCEEDED: "Too many requests.",
+    ErrorCode.PAYLOAD_TOO_LARGE: "The request body is too large.",
+    ErrorCode.NOT_FOUND: "Not found.",
+    ErrorCode.METHOD_NOT_ALLOWED: "Method not allowed.",
+    ErrorCode.AI_SERVICE_UNAVAILABLE: "The AI service is unavailable.",
+    ErrorCode.DATABASE_UNAVAILABLE: "The database is unavailable.",
+    ErrorCode.INTERNAL_ERROR: "Internal server error.",
+}
+
+
+class AliceError(Exception):
+    """A domain error: the handler at the edge turns it into the spec's error body."""
+
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+
+    def __init__(self, detail: str | None = None, headers: dict[str, str] | None = None) -> None:
+        self.detail = detail or DEFAULT_DETAIL[self.code]
+        self.headers = headers
+        super().__init__(self.detail)
+
+    @property
+    def status_code(self) -> int:
+        return STATUS[self.code]
+
+
+class ValidationFailedError(AliceError):
+    code = ErrorCode.VALIDATION_ERROR
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.errors = [{"field": field, "message": message}]
+
+
+class AuthenticationFailedError(AliceError):
+    code = ErrorCode.AUTHENTICATION_FAILED
+
+
+class UnauthorizedError(AliceError):
+    code = ErrorCode.UNAUTHORIZED
+
+
+class InvalidTokenError(AliceError):
+    code = ErrorCode.INVALID_TOKEN
+
+
+class AccountDisabledError(AliceError):
+    code = ErrorCode.ACCOUNT_DISABLED
+
+
+class EmailAlreadyExistsError(AliceError):
+    code = ErrorCode.EMAIL_ALREADY_EXISTS
+
+
+class ConversationNotFoundError(AliceError):
+    code = ErrorCode.CONVERSATION_NOT_FOUND
+
+
+class GenerationInProgressError(AliceError):
+    code = ErrorCode.GENERATION_IN_PROGRESS
+
+
+class StreamUnavailableError(AliceError):
+    code = ErrorCode.STREAM_UNAVAILABLE
+
+
+class RateLimitExceededError(AliceError):
+    code = ErrorCode.RATE_LIMIT_EXCEEDED
+
+
+class AIServiceUnavailableError(AliceError):
+    code = ErrorCode.AI_SERVICE_UNAVAILABLE
+
+
+class DatabaseUnavailableError(AliceError):
+    code = ErrorCode.DATABASE_UNAVAILABLE
+
+
+def error_body(code: ErrorCode, detail: str | None = None) -> dict[str, Any]:
+    return {"detail": detail or DEFAULT_DETAIL[code], "code": code.value}
+
+
+def responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the codes a route can return, grouped by status."""
+    from alice.schemas.errors import ErrorResponse, ValidationErrorResponse
+
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        status = STATUS[code]
+        entry = out.setdefault(
+            status,
+            {
+                "model": ValidationErrorResponse if status == 422 else ErrorResponse,
+                "description": "",
+                "content": {"application/json": {"examples": {}}},
+            },
+        )
+        entry["description"] = " / ".join(filter(None, [entry["description"], code.value]))
+        entry["content"]["application/json"]["examples"][code.value] = {
+            "value": error_body(code)
+        }
+    return out

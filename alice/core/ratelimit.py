@@ -1,0 +1,95 @@
+"""Moving-window rate limits (SPEC section 9) with the `limits` library: in-process by
+default, shared through Redis when ALICE_REDIS_URL is set, failing open when Redis is down."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+
+from alice.core.config import Settings
+
+log = logging.getLogger("alice.ratelimit")
+
+_WARN_EVERY_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitResult:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: float  # epoch seconds when the oldest counted request leaves the window
+
+    def headers(self) -> dict[str, str]:
+        out = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
+        }
+        if not self.allowed:
+            out["Retry-After"] = str(max(1, math.ceil(self.reset_at - time.time())))
+        return out
+
+
+class RateLimiter:
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.rate_limit_enabled
+        self.shared = settings.redis_url is not None
+        storage: Storage
+        if settings.redis_url:
+            uri = "async+" + settings.redis_url if "+" not in settings.redis_url else settings.redis_url
+            storage = RedisStorage(
+                uri,
+                implementation="redispy",
+                wrap_exceptions=True,
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
+            )
+        else:
+            storage = MemoryStorage()
+        self._storage = storage
+        self._strategy = MovingWindowRateLimiter(storage)
+        self.storage_ok = True
+        self._last_warning = 0.0
+
+    @staticmethod
+    def parse(limit: str) -> RateLimitItem:
+        return parse(limit)
+
+    async def hit(self, item: RateLimitItem, *key: str) -> RateLimitResult | None:
+        """Count one request; None when limits are off or the storage cannot be reached."""
+        if not self.enabled:
+            return None
+        try:
+            allowed = await self._strategy.hit(item, *key)
+            stats = await self._strategy.get_window_stats(item, *key)
+        except (StorageError, OSError, TimeoutError) as exc:
+            self._storage_failed(exc)
+            return None
+        self.storage_ok = True
+        return RateLimitResult(allowed, item.amount, stats.remaining, stats.reset_time)
+
+    async def ping(self) -> bool:
+        try:
+            ok = bool(await self._storage.check())
+        except (StorageError, OSError, TimeoutError):
+            ok = False
+        self.storage_ok = ok
+        return ok
+
+    async def reset(self) -> None:
+        await self._storage.reset()
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        self.storage_ok = False
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY_SECONDS:
+            self._last_warning = now
+            log.warning("rate-limit storage unreachable, serving without limits: %r", exc)

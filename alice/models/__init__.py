@@ -1,0 +1,7 @@
+from alice.models.base import Base
+from alice.models.conversation import Conversation
+from alice.models.message import Message, MessageRole, MessageStatus
+from alice.models.refresh_token import RefreshToken
+from alice.models.user import User
+
+__all__ = ["Base", "Conversation", "Message", "MessageRole", "MessageStatus", "RefreshToken", "User"]

@@ -1,0 +1,94 @@
+"""Request and response models of /api/v1/auth (SPEC section 4)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+PASSWORD_MIN = 8
+PASSWORD_MAX = 128
+EMAIL_MAX = 254
+
+
+def _email(value: str) -> str:
+    if len(value) > EMAIL_MAX:
+        raise ValueError(f"must be at most {EMAIL_MAX} characters")
+    if value != value.strip() or "\x00" in value:
+        raise ValueError("is not a valid email address")
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"is not a valid email address: {exc}") from None
+    normalized = result.normalized.lower()
+    if len(normalized) > EMAIL_MAX:
+        raise ValueError(f"must be at most {EMAIL_MAX} characters")
+    return normalized
+
+
+def _password(value: str) -> str:
+    # Counted in code points, never trimmed or normalised: verified exactly as received.
+    if not PASSWORD_MIN <= len(value) <= PASSWORD_MAX:
+        raise ValueError(f"must be {PASSWORD_MIN} to {PASSWORD_MAX} characters")
+    if not any(c.isupper() for c in value):
+        raise ValueError("must contain at least one upper-case letter")
+    if not any(c.isdigit() for c in value):
+        raise ValueError("must contain at least one digit")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _display_name(value: str) -> str:
+    value = value.strip()
+    if not 1 <= len(value) <= 100:
+        raise ValueError("must be 1 to 100 characters after trimming")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Email = Annotated[str, AfterValidator(_email)]
+Password = Annotated[str, AfterValidator(_password)]
+DisplayName = Annotated[str, AfterValidator(_display_name)]
+
+
+class UserCreate(BaseModel):
+    email: Email = Field(examples=["ada@example.com"])
+    password: Password = Field(examples=["SecurePass123"])
+    display_name: DisplayName | None = Field(default=None, examples=["Ada"])
+
+
+class LoginRequest(BaseModel):
+    # Login does not apply the password rules: a wrong password is AUTHENTICATION_FAILED,
+    # not a validation error that would tell what the rules are for the account.
+    email: Annotated[str, StringConstraints(max_length=EMAIL_MAX)] = Field(
+        examples=["ada@example.com"]
+    )
+    password: Annotated[str, StringConstraints(max_length=PASSWORD_MAX)] = Field(
+        examples=["SecurePass123"]
+    )
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: Annotated[str, StringConstraints(max_length=4096)]
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(examples=[900])
+
+
+class UserResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    email: str
+    display_name: str
+    is_active: bool
+    created_at: datetime
