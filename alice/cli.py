@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_format)
     from alice.core.migrate import upgrade
 
-    upgrade(settings.database_url)
+    upgrade(settings)
     logging.getLogger("alice").info("database migrated")
     if args.command == "migrate":
         return

@@ -63,7 +63,7 @@ def rate_limit(name: str, limit: str, per: Literal["ip", "user"]) -> object:
         headers = result.headers()
         request.state.ratelimit_headers = headers
         if not result.allowed:
-            raise RateLimitExceededError(headers={"Retry-After": headers["Retry-After"]})
+            raise RateLimitExceededError()  # its headers ride on request.state (middleware)
 
     if per == "ip":
 

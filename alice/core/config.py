@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     database_url: str = "sqlite+aiosqlite:///./data/alice.db"
     database_pool_size: int = 10
+    # Tests give each test a PostgreSQL schema and a Redis key prefix of its own.
+    database_schema: str | None = None
     redis_url: str | None = None
+    redis_prefix: str = "alice"
     secret_key: SecretStr | None = None
 
     access_token_minutes: int = 15

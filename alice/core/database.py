@@ -24,12 +24,15 @@ def create_engine(settings: Settings) -> AsyncEngine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
+        connect_args: dict[str, Any] = {"timeout": 5, "command_timeout": 10}
+        if settings.database_schema:
+            connect_args["server_settings"] = {"search_path": settings.database_schema}
         kwargs.update(
             pool_size=settings.database_pool_size,
             max_overflow=0,
             pool_timeout=5,
             pool_pre_ping=True,
-            connect_args={"timeout": 5, "command_timeout": 10},
+            connect_args=connect_args,
         )
     engine = create_async_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":

@@ -48,6 +48,7 @@ class RateLimiter:
             storage = RedisStorage(
                 uri,
                 implementation="redispy",
+                key_prefix=f"{settings.redis_prefix}:limits",
                 wrap_exceptions=True,
                 socket_timeout=1.0,
                 socket_connect_timeout=1.0,

@@ -25,8 +25,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    url = context.config.attributes.get("database_url") or get_settings().database_url
-    settings = get_settings().model_copy(update={"database_url": url})
+    settings = context.config.attributes.get("settings") or get_settings()
     engine = create_engine(settings)
     try:
         async with engine.connect() as conn:

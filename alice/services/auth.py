@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -37,7 +37,7 @@ class CurrentUser:
     display_name: str
     is_active: bool
     token_version: int
-    created_at: object
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,7 @@ class AuthService:
         await self._refused_refresh(token_hash, now)
         raise InvalidTokenError()
 
-    async def _refused_refresh(self, token_hash: bytes, now: object) -> None:
+    async def _refused_refresh(self, token_hash: bytes, now: datetime) -> None:
         async with transaction(self._sessions) as session:
             row = (
                 await session.execute(
@@ -157,7 +157,7 @@ class AuthService:
             ).scalar()
             if row is None or row.rotated_at is None:
                 return
-            if now - row.rotated_at <= self._grace:  # type: ignore[operator]
+            if now - row.rotated_at <= self._grace:
                 log.info("refresh reuse within grace family_id=%s", row.family_id)
                 return
             revoked = await session.execute(
@@ -206,7 +206,7 @@ class AuthService:
 
     def _new_family(self, session: AsyncSession, user_id: uuid.UUID, version: int) -> TokenPair:
         now = utcnow()
-        return self._issue(session, user_id, version, uuid.uuid4(), now + self._session_max)
+        return self._issue(session, user_id, version, uuid.uuid4(), now + self._session_max, now)
 
     def _issue(
         self,
@@ -214,10 +214,11 @@ class AuthService:
         user_id: uuid.UUID,
         version: int,
         family_id: uuid.UUID,
-        family_ends: object,
+        family_ends: datetime,
+        now: datetime | None = None,
     ) -> TokenPair:
-        now = utcnow()
-        refresh = self._codec.make_refresh(user_id, family_id, now, family_ends)  # type: ignore[arg-type]
+        now = now or utcnow()
+        refresh = self._codec.make_refresh(user_id, family_id, now, family_ends)
         session.add(
             RefreshToken(
                 id=refresh.jti,

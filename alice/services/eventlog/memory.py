@@ -1,0 +1,246 @@
+"""In-process event log: the embedded default, and the building block of the Redis log (the
+owner's write-through copy and the local mirrors of remote generations)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+
+from alice.services.eventlog.base import (
+    TERMINAL_EVENTS,
+    Entry,
+    EventLog,
+    LogState,
+    StopHandler,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class GenLog:
+    """One generation's entries, kept compactly: seq is implied by the position (seq = index + 1),
+    event names are interned (shared), data is the JSON text. Bounded by ``cap`` non-terminal
+    entries plus the terminal one; never a wrapping ring (a replay from seq 0 needs the start).
+
+    Readers wait on one ``asyncio.Event`` per log, created only while someone waits and replaced
+    on every wake-up, so an append with no waiting reader costs two list appends.
+    """
+
+    __slots__ = (
+        "_events",
+        "_datas",
+        "_waiter",
+        "cap",
+        "finished",
+        "gone",
+        "timer",
+        "stop_requested",
+    )
+
+    def __init__(self, cap: int) -> None:
+        self._events: list[str] = []
+        self._datas: list[str] = []
+        self._waiter: asyncio.Event | None = None
+        self.cap = cap
+        self.finished = False
+        self.gone = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.stop_requested = False
+
+    @property
+    def last_seq(self) -> int:
+        return len(self._datas)
+
+    def state(self) -> LogState:
+        return LogState(len(self._datas), self.finished)
+
+    def entry(self, seq: int) -> Entry:
+        return Entry(seq, self._events[seq - 1], self._datas[seq - 1])
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+
+    def _store(self, entry: Entry) -> None:
+        self._events.append(sys.intern(entry.event))
+        self._datas.append(entry.data)
+        if entry.event in TERMINAL_EVENTS:
+            self.finished = True
+
+    def append(self, entry: Entry) -> None:
+        """Strict append: seq must be last + 1, the log open, and room left (ValueError)."""
+        if self.finished:
+            raise ValueError(f"log already finished, cannot append seq {entry.seq}")
+        expected = len(self._datas) + 1
+        if entry.seq != expected:
+            raise ValueError(f"seq {entry.seq} out of order, expected {expected}")
+        if entry.event not in TERMINAL_EVENTS and len(self._datas) >= self.cap:
+            raise ValueError(f"log full ({self.cap} events)")
+        self._store(entry)
+        self._wake()
+
+    def offer(self, entries: Iterable[Entry]) -> int:
+        """Tolerant feed (mirrors): keep the contiguous continuation, ignore what is already
+        held, stop at the first gap or after the terminal entry. Returns the highest seq seen."""
+        highest = 0
+        added = False
+        for entry in entries:
+            highest = max(highest, entry.seq)
+            if self.finished:
+                continue
+            expected = len(self._datas) + 1
+            if entry.seq != expected:
+                continue  # duplicate (< expected) or beyond a gap (> expected): never skip
+            if entry.event not in TERMINAL_EVENTS and len(self._datas) >= self.cap:
+                continue
+            self._store(entry)
+            added = True
+        if added:
+            self._wake()
+        return highest
+
+    def mark_gone(self) -> None:
+        """The log vanished without a terminal entry: waiting readers raise KeyError."""
+        self.gone = True
+        self._wake()
+
+    async def follow(self, after: int, key: object = None) -> AsyncIterator[Entry]:
+        pos = max(int(after), 0)
+        while True:
+            while pos < len(self._datas):
+                pos += 1
+                yield Entry(pos, self._events[pos - 1], self._datas[pos - 1])
+            if self.finished:
+                return
+            if self.gone:
+                raise KeyError(key)
+            waiter = self._waiter
+            if waiter is None:
+                waiter = self._waiter = asyncio.Event()
+            await waiter.wait()
+
+
+class MemoryEventLog(EventLog):
+    """Event logs kept in this process (no Redis): every log here is owned here."""
+
+    def __init__(
+        self,
+        *,
+        retention_seconds: float,
+        max_events: int,
+        ttl_seconds: float,
+        on_drop: Callable[[uuid.UUID], None] | None = None,
+    ) -> None:
+        super().__init__(
+            retention_seconds=retention_seconds, max_events=max_events, ttl_seconds=ttl_seconds
+        )
+        self._logs: dict[uuid.UUID, GenLog] = {}
+        self._handler: StopHandler | None = None
+        self._on_drop = on_drop
+
+    # -- internals shared with the Redis implementation --------------------------------------
+
+    def get(self, gen_id: uuid.UUID) -> GenLog | None:
+        return self._logs.get(gen_id)
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    def running_ids(self) -> list[uuid.UUID]:
+        return [gid for gid, log in self._logs.items() if not log.finished]
+
+    def _drop(self, gen_id: uuid.UUID, log: GenLog) -> None:
+        if self._logs.get(gen_id) is not log:
+            return
+        del self._logs[gen_id]
+        log.timer = None
+        if not log.finished:
+            log.mark_gone()
+        if self._on_drop is not None:
+            self._on_drop(gen_id)
+
+    def _schedule_drop(self, gen_id: uuid.UUID, log: GenLog, delay: float) -> None:
+        if log.timer is not None:
+            log.timer.cancel()
+        log.timer = asyncio.get_running_loop().call_later(
+            max(delay, 0.0), self._drop, gen_id, log
+        )
+
+    def _require(self, gen_id: uuid.UUID) -> GenLog:
+        log = self._logs.get(gen_id)
+        if log is None:
+            raise KeyError(gen_id)
+        return log
+
+    def finish_now(self, gen_id: uuid.UUID, entry: Entry) -> None:
+        """Synchronous part of :meth:`finish`: store the terminal entry, start retention."""
+        if entry.event not in TERMINAL_EVENTS:
+            raise ValueError(f"{entry.event!r} is not a terminal event")
+        log = self._require(gen_id)
+        log.append(entry)
+        self._schedule_drop(gen_id, log, self.retention_seconds)
+
+    def deliver_stop(self, gen_id: uuid.UUID, last_index: int | None, *, once: bool) -> bool:
+        """Run the stop handler for a running log held here. ``once``: skip if already done."""
+        log = self._logs.get(gen_id)
+        if log is None or log.finished:
+            return False
+        if once and log.stop_requested:
+            return True
+        log.stop_requested = True
+        if self._handler is not None:
+            try:
+                self._handler(gen_id, last_index)
+            except Exception:
+                logger.exception("stop handler failed for generation %s", gen_id)
+        return True
+
+    # -- EventLog ------------------------------------------------------------------------------
+
+    async def create(self, gen_id: uuid.UUID, meta: dict[str, str]) -> None:
+        if gen_id in self._logs:
+            raise ValueError(f"generation {gen_id} already has a log")
+        log = GenLog(self.max_events)
+        self._logs[gen_id] = log
+        self._schedule_drop(gen_id, log, self.ttl_seconds)
+
+    def append(self, gen_id: uuid.UUID, entry: Entry) -> None:
+        if entry.event in TERMINAL_EVENTS:
+            raise ValueError("a terminal event goes through finish()")
+        self._require(gen_id).append(entry)
+
+    async def finish(self, gen_id: uuid.UUID, entry: Entry) -> None:
+        self.finish_now(gen_id, entry)
+
+    async def follow(self, gen_id: uuid.UUID, after: int) -> AsyncIterator[Entry]:
+        log = self._require(gen_id)
+        async for entry in log.follow(after, gen_id):
+            yield entry
+
+    async def state(self, gen_id: uuid.UUID) -> LogState | None:
+        log = self._logs.get(gen_id)
+        return None if log is None else log.state()
+
+    async def request_stop(self, gen_id: uuid.UUID, last_index: int | None) -> None:
+        self.deliver_stop(gen_id, last_index, once=False)
+
+    def set_stop_handler(self, handler: StopHandler) -> None:
+        self._handler = handler
+
+    async def mark_lost(self, gen_id: uuid.UUID, entry: Entry) -> bool:
+        log = self._logs.get(gen_id)
+        if log is None or log.finished or entry.seq != log.last_seq + 1:
+            return False
+        self.finish_now(gen_id, entry)
+        return True
+
+    async def close(self) -> None:
+        for log in self._logs.values():
+            if log.timer is not None:
+                log.timer.cancel()
+                log.timer = None
