@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from alice.api import errors, ops
-from alice.api.v1 import auth
+from alice.api.v1 import auth, chat
 from alice.core.config import Settings, get_settings
 from alice.core.database import create_engine, create_session_factory
+from alice.core.metrics import Metrics
 from alice.core.middleware import EdgeMiddleware
 from alice.core.ratelimit import RateLimiter
 from alice.core.security import PasswordHashing, TokenCodec
+from alice.services.ai.base import create_provider
 from alice.services.auth import AuthService
+from alice.services.chat import ChatService
+from alice.services.eventlog import make_event_log
+from alice.services.generation import GenerationRegistry
 from alice.services.container import Services
 
 
@@ -28,31 +35,53 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, metrics: Metrics) -> Services:
     engine = create_engine(settings)
     sessions = create_session_factory(engine)
     hashing = PasswordHashing(settings)
     codec = TokenCodec(settings)
+    event_log = make_event_log(
+        settings.redis_url,
+        retention_seconds=settings.stream_retention_seconds,
+        max_events=settings.ai_max_tokens + 16,
+        ttl_seconds=settings.generation_max_seconds + settings.stream_retention_seconds,
+    )
+    provider = create_provider(settings)
     return Services(
         settings=settings,
         engine=engine,
         sessions=sessions,
         limiter=RateLimiter(settings),
         auth=AuthService(sessions, hashing, codec, settings),
+        chat=ChatService(sessions, settings.ai_context_messages),
+        provider=provider,
+        event_log=event_log,
+        generations=GenerationRegistry(settings, sessions, provider, event_log, metrics),
+        metrics=metrics,
     )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise_open_file_limit()
-        services = build_services(settings)
+        services = build_services(settings, metrics)
         app.state.services = services
+        await services.event_log.start()
+        try:
+            # Alone (no Redis), every `streaming` row at start is a crash's leftover.
+            await services.generations.start_background(sweep_all=settings.redis_url is None)
+        except Exception:  # noqa: BLE001 - a database down at start must not stop the process
+            logging.getLogger("alice").warning("start-up reaper failed", exc_info=True)
         try:
             yield
         finally:
+            await services.generations.shutdown(settings.shutdown_grace_seconds)
+            await services.event_log.close()
+            await services.provider.aclose()
             await services.engine.dispose()
 
     app = FastAPI(
@@ -64,8 +93,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     api = APIRouter(prefix="/api/v1")
     api.include_router(auth.router)
+    api.include_router(chat.router)
     app.include_router(api)
     app.include_router(ops.router)
+
+    @app.get("/metrics", include_in_schema=True, tags=["operations"])
+    async def metrics_endpoint() -> Response:
+        """Prometheus text format."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     if settings.cors_origin_list:
         app.add_middleware(
@@ -76,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After", "X-RateLimit-Limit",
                             "X-RateLimit-Remaining", "X-RateLimit-Reset"],
         )
-    app.add_middleware(EdgeMiddleware)
+    app.add_middleware(EdgeMiddleware, on_response=metrics.observe_request)
     if settings.forwarded_allow_list:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_list)
     return app

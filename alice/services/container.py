@@ -7,8 +7,13 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from alice.core.config import Settings
+from alice.core.metrics import Metrics
 from alice.core.ratelimit import RateLimiter
+from alice.services.ai.base import AIProvider
 from alice.services.auth import AuthService
+from alice.services.chat import ChatService
+from alice.services.eventlog.base import EventLog
+from alice.services.generation import GenerationRegistry
 
 
 @dataclass
@@ -18,3 +23,8 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     limiter: RateLimiter
     auth: AuthService
+    chat: ChatService
+    provider: AIProvider
+    event_log: EventLog
+    generations: GenerationRegistry
+    metrics: Metrics

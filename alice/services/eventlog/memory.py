@@ -151,8 +151,9 @@ class MemoryEventLog(EventLog):
     def __len__(self) -> int:
         return len(self._logs)
 
-    def running_ids(self) -> list[uuid.UUID]:
-        return [gid for gid, log in self._logs.items() if not log.finished]
+    def stoppable_ids(self) -> list[uuid.UUID]:
+        """Running logs held here whose stop handler has not run yet."""
+        return [g for g, log in self._logs.items() if not log.finished and not log.stop_requested]
 
     def _drop(self, gen_id: uuid.UUID, log: GenLog) -> None:
         if self._logs.get(gen_id) is not log:

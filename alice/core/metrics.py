@@ -1,0 +1,86 @@
+"""Prometheus metrics of SPEC section 8, one registry per application instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from alice.services.generation import Metrics as GenerationMetrics
+
+
+class Metrics(GenerationMetrics):
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "alice_http_requests_total", "HTTP requests by route and status",
+            ["method", "route", "status"], registry=r,
+        )
+        self.latency = Histogram(
+            "alice_http_request_duration_seconds", "HTTP request latency by route",
+            ["method", "route"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.open_streams = Gauge("alice_open_streams", "SSE streams open", registry=r)
+        self.tokens_streamed = Counter(
+            "alice_tokens_streamed_total", "token events sent to clients", registry=r
+        )
+        self.reattaches = Counter(
+            "alice_stream_reattach_total", "re-attached streams opened", registry=r
+        )
+        self.rate_limited = Counter(
+            "alice_rate_limit_refusals_total", "requests refused by a rate limit", registry=r
+        )
+        self.replies_running = Gauge(
+            "alice_generations_running", "replies this process generates", registry=r
+        )
+        self.replies_finished = Counter(
+            "alice_generations_finished_total", "replies ended, by status", ["status"], registry=r
+        )
+        self.replies_reaped = Counter(
+            "alice_generations_reaped_total", "replies of dead processes ended", registry=r
+        )
+        self.tokens_generated = Counter(
+            "alice_generation_tokens_total", "text deltas generated", registry=r
+        )
+        self.unattended_tokens = Counter(
+            "alice_generation_unattended_tokens_total",
+            "text deltas generated while no reader was attached", registry=r,
+        )
+        self.ai_errors = Counter(
+            "alice_ai_errors_total", "AI provider failures by cause", ["cause"], registry=r
+        )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+        if status == 429:
+            self.rate_limited.inc()
+
+    def stream_opened(self, reattach: bool) -> None:
+        self.open_streams.inc()
+        if reattach:
+            self.reattaches.inc()
+
+    def stream_closed(self) -> None:
+        self.open_streams.dec()
+
+    def token_streamed(self) -> None:
+        self.tokens_streamed.inc()
+
+    def reply_started(self) -> None:
+        self.replies_running.inc()
+
+    def reply_finished(self, status: str) -> None:
+        self.replies_running.dec()
+        self.replies_finished.labels(status).inc()
+
+    def tokens(self, n: int, attended: bool) -> None:
+        self.tokens_generated.inc(n)
+        if not attended:
+            self.unattended_tokens.inc(n)
+
+    def reaped(self) -> None:
+        self.replies_reaped.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,79 @@
+"""Request and response models of /api/v1/chat (SPEC section 5)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+CONTENT_MAX = 32_000
+
+
+def _content(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only white space")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _title(value: str) -> str:
+    value = value.strip()
+    if not 1 <= len(value) <= 200:
+        raise ValueError("must be 1 to 200 characters after trimming")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+class MessageCreate(BaseModel):
+    content: Annotated[str, Field(min_length=1, max_length=CONTENT_MAX), AfterValidator(_content)]
+    conversation_id: uuid.UUID | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"content": "Hello ALICE!", "conversation_id": None}]}
+    )
+
+
+class ConversationUpdate(BaseModel):
+    title: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_title)]
+
+
+class StopRequest(BaseModel):
+    last_index: Annotated[int, Field(ge=-1)] | None = None
+
+
+class ConversationResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class MessageResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    role: Literal["user", "assistant"]
+    content: str
+    status: Literal["complete", "streaming", "stopped", "incomplete"]
+    token_count: int
+    event_id: str | None = Field(
+        description="For a streaming message: the stream position its content covers."
+    )
+    created_at: datetime
+
+
+class ConversationPage(BaseModel):
+    items: list[ConversationResponse]
+    next_cursor: str | None
+
+
+class MessagePage(BaseModel):
+    items: list[MessageResponse]
+    next_cursor: str | None

@@ -1,0 +1,279 @@
+"""ChatService: conversations and messages, their ownership and keyset pages."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from alice.core.database import transaction
+from alice.core.errors import ConversationNotFoundError, GenerationInProgressError
+from alice.core.security import utcnow
+from alice.models import Conversation, Message, MessageRole, MessageStatus
+from alice.schemas.chat import MessageResponse
+from alice.services.ai.base import ChatTurn
+from alice.services.ai.context import build_context
+from alice.services.pagination import decode_cursor, encode_cursor
+
+TITLE_MAX = 80
+_SPACES = re.compile(r"\s+")
+
+
+def make_title(content: str) -> str:
+    """The first user message, white space folded, cut at 80 characters."""
+    return _SPACES.sub(" ", content).strip()[:TITLE_MAX]
+
+
+def message_response(m: Message) -> MessageResponse:
+    streaming = m.status == MessageStatus.STREAMING
+    return MessageResponse(
+        id=m.id,
+        conversation_id=m.conversation_id,
+        role=m.role,  # type: ignore[arg-type]
+        content=m.content,
+        status=m.status,  # type: ignore[arg-type]
+        token_count=m.token_count,
+        event_id=f"{m.id}:{m.event_seq}" if streaming and m.event_seq else None,
+        created_at=m.created_at,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyStart:
+    """What the POST committed: the user's message and the placeholder of the reply."""
+
+    conversation_id: uuid.UUID
+    is_new: bool
+    user_message_id: uuid.UUID
+    message_id: uuid.UUID
+    context: list[ChatTurn]
+
+
+class ChatService:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], context_messages: int
+    ) -> None:
+        self._sessions = sessions
+        self._context_messages = context_messages
+
+    async def get_conversation(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> Conversation:
+        """The user's conversation; someone else's is a 404 exactly as a missing one."""
+        async with self._sessions() as session:
+            conv = await self._owned(session, user_id, conversation_id)
+        return conv
+
+    async def list_conversations(
+        self, user_id: uuid.UUID, limit: int, cursor: str | None
+    ) -> tuple[list[Conversation], str | None]:
+        """A page of the user's conversations, newest `updated_at` first (keyset)."""
+        query = select(Conversation).where(Conversation.user_id == user_id)
+        if cursor:
+            at, last_id = decode_cursor("c", cursor)
+            query = query.where(
+                or_(
+                    Conversation.updated_at < at,
+                    and_(Conversation.updated_at == at, Conversation.id < last_id),
+                )
+            )
+        query = query.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(
+            limit + 1
+        )
+        async with self._sessions() as session:
+            rows = list((await session.execute(query)).scalars())
+        return _page(rows, limit, lambda c: encode_cursor("c", c.updated_at, c.id))
+
+    async def list_messages(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, limit: int, cursor: str | None
+    ) -> tuple[list[Message], str | None]:
+        """A page of a conversation's messages, oldest first (keyset)."""
+        query = select(Message).where(Message.conversation_id == conversation_id)
+        if cursor:
+            at, last_id = decode_cursor("m", cursor)
+            query = query.where(
+                or_(
+                    Message.created_at > at,
+                    and_(Message.created_at == at, Message.id > last_id),
+                )
+            )
+        query = query.order_by(Message.created_at, Message.id).limit(limit + 1)
+        async with self._sessions() as session:
+            await self._owned(session, user_id, conversation_id)
+            rows = list((await session.execute(query)).scalars())
+        return _page(rows, limit, lambda m: encode_cursor("m", m.created_at, m.id))
+
+    async def rename(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, title: str
+    ) -> Conversation:
+        async with transaction(self._sessions) as session:
+            conv = await self._owned(session, user_id, conversation_id)
+            conv.title = title
+        return conv
+
+    async def delete(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
+        """Delete the conversation and its messages (the caller stops a running reply first)."""
+        async with transaction(self._sessions) as session:
+            await self._owned(session, user_id, conversation_id)
+            await session.execute(delete(Message).where(Message.conversation_id == conversation_id))
+            await session.execute(delete(Conversation).where(Conversation.id == conversation_id))
+
+    async def streaming_message(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID
+    ) -> Message | None:
+        """The conversation's running reply, if any (after the ownership check)."""
+        async with self._sessions() as session:
+            await self._owned(session, user_id, conversation_id)
+            return (
+                await session.execute(
+                    select(Message).where(
+                        Message.conversation_id == conversation_id,
+                        Message.status == MessageStatus.STREAMING,
+                    )
+                )
+            ).scalar()
+
+    async def newest_reply(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID
+    ) -> Message | None:
+        async with self._sessions() as session:
+            await self._owned(session, user_id, conversation_id)
+            return (
+                await session.execute(
+                    select(Message)
+                    .where(
+                        Message.conversation_id == conversation_id,
+                        Message.role == MessageRole.ASSISTANT,
+                    )
+                    .order_by(Message.created_at.desc(), Message.id.desc())
+                    .limit(1)
+                )
+            ).scalar()
+
+    async def get_message(self, message_id: uuid.UUID) -> Message | None:
+        async with self._sessions() as session:
+            return await session.get(Message, message_id)
+
+    async def find_reply(self, user_id: uuid.UUID, message_id: uuid.UUID) -> Message | None:
+        """The assistant message `message_id` when it belongs to one of the user's conversations."""
+        async with self._sessions() as session:
+            return (
+                await session.execute(
+                    select(Message)
+                    .join(Conversation, Conversation.id == Message.conversation_id)
+                    .where(
+                        Message.id == message_id,
+                        Message.role == MessageRole.ASSISTANT,
+                        Conversation.user_id == user_id,
+                    )
+                )
+            ).scalar()
+
+    async def begin_reply(
+        self, user_id: uuid.UUID, content: str, conversation_id: uuid.UUID | None
+    ) -> ReplyStart:
+        """Commit the user's message and the reply's `streaming` placeholder together.
+
+        A conversation already generating a reply refuses (409); the unique partial index on
+        `streaming` messages makes that hold for simultaneous requests too."""
+        now = utcnow()
+        user_msg_id, reply_id = uuid.uuid4(), uuid.uuid4()
+        try:
+            async with transaction(self._sessions) as session:
+                if conversation_id is None:
+                    conv = Conversation(
+                        id=uuid.uuid4(),
+                        user_id=user_id,
+                        title=make_title(content),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    session.add(conv)
+                    history: list[tuple[str, str, str]] = []
+                    is_new = True
+                else:
+                    conv = await self._owned(session, user_id, conversation_id)
+                    if await self._has_streaming(session, conv.id):
+                        raise GenerationInProgressError()
+                    history = await self._history(session, conv.id)
+                    await session.execute(
+                        update(Conversation).where(Conversation.id == conv.id).values(updated_at=now)
+                    )
+                    is_new = False
+                session.add_all(
+                    [
+                        Message(
+                            id=user_msg_id,
+                            conversation_id=conv.id,
+                            role=MessageRole.USER,
+                            content=content,
+                            status=MessageStatus.COMPLETE,
+                            token_count=0,
+                            created_at=now,
+                        ),
+                        Message(
+                            id=reply_id,
+                            conversation_id=conv.id,
+                            role=MessageRole.ASSISTANT,
+                            content="",
+                            status=MessageStatus.STREAMING,
+                            token_count=0,
+                            event_seq=1,
+                            heartbeat_at=now,
+                            # One microsecond later: the reply sorts after its question.
+                            created_at=now + timedelta(microseconds=1),
+                        ),
+                    ]
+                )
+                await session.flush()
+        except IntegrityError:
+            raise GenerationInProgressError() from None
+        context = build_context(
+            [*history, ("user", content, MessageStatus.COMPLETE)], self._context_messages
+        )
+        return ReplyStart(conv.id, is_new, user_msg_id, reply_id, context)
+
+    async def _history(
+        self, session: AsyncSession, conversation_id: uuid.UUID
+    ) -> list[tuple[str, str, str]]:
+        rows = (
+            await session.execute(
+                select(Message.role, Message.content, Message.status)
+                .where(
+                    Message.conversation_id == conversation_id,
+                    Message.status != MessageStatus.STREAMING,
+                    func.length(Message.content) > 0,
+                )
+                .order_by(Message.created_at.desc(), Message.id.desc())
+                .limit(self._context_messages)
+            )
+        ).all()
+        return [(r.role, r.content, r.status) for r in reversed(rows)]
+
+    async def _has_streaming(self, session: AsyncSession, conversation_id: uuid.UUID) -> bool:
+        found = await session.execute(
+            select(Message.id).where(
+                Message.conversation_id == conversation_id,
+                Message.status == MessageStatus.STREAMING,
+            )
+        )
+        return found.first() is not None
+
+    @staticmethod
+    async def _owned(
+        session: AsyncSession, user_id: uuid.UUID, conversation_id: uuid.UUID
+    ) -> Conversation:
+        conv = await session.get(Conversation, conversation_id)
+        if conv is None or conv.user_id != user_id:
+            raise ConversationNotFoundError()
+        return conv
+
+
+def _page(rows: list, limit: int, cursor_of) -> tuple[list, str | None]:  # type: ignore[no-untyped-def]
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return rows, cursor_of(rows[-1])
+    return rows, None

@@ -1,0 +1,689 @@
+"""Event logs in Redis Streams, shared by every process (``ALICE_REDIS_URL``).
+
+Keys, hash-tagged by generation id so that one generation's keys share a Cluster slot:
+
+- ``alice:gen:{<gen>}:events``: Stream, entry id ``0-<seq>``, fields ``e`` (event), ``d`` (data).
+  Explicit ids fence writers: a duplicate or an out-of-order XADD is refused by Redis.
+- ``alice:gen:{<gen>}:meta``: hash ``status`` (running|finished), ``owner``, ``conversation_id``,
+  ``user_id``, ``last_seq`` (set at finish).
+- ``alice:gen:{<gen>}:stop``: ``{"last_index": n|null}``, a durable stop request.
+
+Every key expires: ``ttl_seconds`` while running, ``retention_seconds`` once finished. Stop
+signals go over the channel ``alice:gen:control`` (``{"stop": "<gen>", "last_index": n}``) and
+are backed by the ``…:stop`` key, polled every second for the generations owned here.
+
+Per process: one writer task (pipelined XADDs, every ≤ 20 ms or 256 entries), one tailer task
+with one dedicated connection (XREAD over every followed remote generation, feeding local
+mirrors that readers wait on), one control subscriber, one poller. The owner's own copy is a
+:class:`MemoryEventLog`, so local readers of local generations never read Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from alice.services.eventlog.base import (
+    TERMINAL_EVENTS,
+    Entry,
+    EventLog,
+    LogState,
+    LogUnavailableError,
+    StopHandler,
+)
+from alice.services.eventlog.memory import GenLog, MemoryEventLog
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean "Redis cannot be reached" (or answered garbage), as opposed to a refusal.
+_DOWN_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+_XADD_REFUSED = "equal or smaller"
+
+# The reaper's terminal entry: only on a running log, only as the next id (fencing).
+_MARK_LOST_LUA = """
+local status = redis.call('HGET', KEYS[2], 'status')
+if (not status) or status == 'finished' then return 0 end
+local res = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], ARGV[1], 'e', ARGV[2], 'd', ARGV[3])
+if type(res) == 'table' and res.err then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'finished', 'last_seq', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
+return 1
+"""
+
+_X, _META, _FIN, _FLUSH = 0, 1, 2, 3
+
+
+class _Op:
+    """One queued write for the writer task."""
+
+    __slots__ = ("kind", "gen", "entry", "meta", "fut", "retried")
+
+    def __init__(
+        self,
+        kind: int,
+        gen: uuid.UUID | None,
+        entry: Entry | None = None,
+        meta: dict[str, str] | None = None,
+        fut: asyncio.Future[None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.gen = gen
+        self.entry = entry
+        self.meta = meta
+        self.fut = fut
+        self.retried = False
+
+    def resolve(self) -> None:
+        if self.fut is not None and not self.fut.done():
+            self.fut.set_result(None)
+
+
+class _Owned:
+    """Redis-side bookkeeping of a generation owned by this process."""
+
+    __slots__ = ("expire_set", "skip")
+
+    def __init__(self) -> None:
+        self.expire_set = False  # the events key got its running TTL
+        self.skip = False  # fenced (another writer) or dropped: stop sending its entries
+
+
+class _Mirror:
+    """Local copy of a remote generation, fed by the catch-up XRANGE and the tailer."""
+
+    __slots__ = ("gen", "key", "meta_key", "log", "readers", "ready", "read_from", "tailing")
+
+    def __init__(self, gen: uuid.UUID, key: str, meta_key: str, cap: int) -> None:
+        self.gen = gen
+        self.key = key
+        self.meta_key = meta_key
+        self.log = GenLog(cap)
+        self.readers = 0
+        self.ready: asyncio.Task[None] | None = None
+        self.read_from = 0  # highest stream seq seen (the XREAD cursor)
+        self.tailing = False
+
+
+def _parse_entries(items: Any) -> list[Entry]:
+    out: list[Entry] = []
+    for entry_id, fields in items or ():
+        ms, _, seq = str(entry_id).partition("-")
+        if ms != "0" or not seq.isdigit():
+            continue
+        fields = fields or {}
+        out.append(Entry(int(seq), str(fields.get("e", "")), str(fields.get("d", ""))))
+    return out
+
+
+def default_owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class RedisEventLog(EventLog):
+    def __init__(
+        self,
+        url: str,
+        *,
+        retention_seconds: float,
+        max_events: int,
+        ttl_seconds: float,
+        owner_id: str | None = None,
+        key_prefix: str = "alice:gen:",
+        client_name: str = "alice",
+        tailer_client_name: str = "alice-tailer",
+        flush_interval: float = 0.02,
+        flush_batch: int = 256,
+        stop_poll_interval: float = 1.0,
+        vanish_check_interval: float = 5.0,
+        tail_block_ms: int = 250,
+        tail_count: int = 512,
+        finish_timeout: float = 2.0,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        max_pending: int = 500_000,
+    ) -> None:
+        super().__init__(
+            retention_seconds=retention_seconds, max_events=max_events, ttl_seconds=ttl_seconds
+        )
+        self.owner_id = owner_id or default_owner_id()
+        self._prefix = key_prefix
+        self.control_channel = f"{key_prefix}control"
+        self._cap = self.max_events + 1  # MAXLEN ~ safety net: every valid log fits
+        self._ttl_ms = max(int(self.ttl_seconds * 1000), 1)
+        self._retention_ms = max(int(self.retention_seconds * 1000), 1)
+        self._flush_interval = flush_interval
+        self._flush_batch = flush_batch
+        self._stop_poll_interval = stop_poll_interval
+        self._vanish_check_interval = vanish_check_interval
+        self._tail_block_ms = tail_block_ms
+        self._tail_count = tail_count
+        self._finish_timeout = finish_timeout
+        self._max_pending = max_pending
+
+        self._redis: Redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            client_name=client_name,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            health_check_interval=30,
+        )
+        # The tailer's one connection: its socket timeout must outlast XREAD BLOCK.
+        self._tail_redis: Redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            client_name=tailer_client_name,
+            socket_timeout=socket_timeout + tail_block_ms / 1000,
+            socket_connect_timeout=connect_timeout,
+            max_connections=1,
+        )
+        self._mark_lost_script = self._redis.register_script(_MARK_LOST_LUA)
+
+        self._local = MemoryEventLog(
+            retention_seconds=retention_seconds,
+            max_events=max_events,
+            ttl_seconds=ttl_seconds,
+            on_drop=self._on_local_drop,
+        )
+        self._owned: dict[uuid.UUID, _Owned] = {}
+        self._mirrors: dict[uuid.UUID, _Mirror] = {}
+
+        self._queue: deque[_Op] = deque()
+        self._wake = asyncio.Event()  # something queued
+        self._full = asyncio.Event()  # a batch is full, or a flush is awaited
+        self._tail_wake = asyncio.Event()  # a mirror started tailing
+        self._poll_now = asyncio.Event()  # check the stop keys now (after a resubscribe)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_warn: dict[str, float] = {}
+        self.writer_ok = True
+        self.control_ok = False
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _key(self, gen_id: uuid.UUID, part: str) -> str:
+        return f"{self._prefix}{{{gen_id}}}:{part}"
+
+    def _warn(self, what: str, msg: str, *args: object, level: int = logging.WARNING) -> None:
+        now = time.monotonic()
+        if now - self._last_warn.get(what, -1e9) >= 10.0:
+            self._last_warn[what] = now
+            logger.log(level, msg, *args)
+
+    def _on_local_drop(self, gen_id: uuid.UUID) -> None:
+        self._owned.pop(gen_id, None)
+
+    def _enqueue(self, op: _Op) -> None:
+        self._queue.append(op)
+        if len(self._queue) >= self._flush_batch:
+            self._full.set()
+        self._wake.set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self._writer_loop(), name="eventlog-writer"),
+            asyncio.create_task(self._tail_loop(), name="eventlog-tailer"),
+            asyncio.create_task(self._control_loop(), name="eventlog-control"),
+            asyncio.create_task(self._poll_loop(), name="eventlog-stop-poll"),
+        ]
+
+    async def close(self) -> None:
+        if self._tasks and self._queue:
+            await self.flush(self._finish_timeout)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for mirror in self._mirrors.values():
+            if mirror.ready is not None:
+                mirror.ready.cancel()
+            mirror.tailing = False
+        await self._local.close()
+        for client in (self._tail_redis, self._redis):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except _DOWN_ERRORS:
+            return False
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Op(_FLUSH, None, fut=fut))
+        self._full.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- owner side ----------------------------------------------------------------------------
+
+    async def create(self, gen_id: uuid.UUID, meta: dict[str, str]) -> None:
+        await self._local.create(gen_id, meta)
+        self._owned[gen_id] = _Owned()
+        mapping = {"owner": self.owner_id, **meta, "status": "running", "last_seq": "0"}
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(self._key(gen_id, "meta"), mapping=mapping)
+            pipe.pexpire(self._key(gen_id, "meta"), self._ttl_ms)
+            await pipe.execute()
+        except _DOWN_ERRORS as exc:
+            self._warn("create", "event log: Redis unreachable at create (%s); will retry", exc)
+            self._enqueue(_Op(_META, gen_id, meta=mapping))
+
+    def append(self, gen_id: uuid.UUID, entry: Entry) -> None:
+        self._local.append(gen_id, entry)
+        owned = self._owned.get(gen_id)
+        if owned is None or owned.skip:
+            return
+        if len(self._queue) >= self._max_pending:
+            owned.skip = True
+            self._warn("pending", "event log: write queue full, generation %s not mirrored", gen_id)
+            return
+        self._enqueue(_Op(_X, gen_id, entry))
+
+    async def finish(self, gen_id: uuid.UUID, entry: Entry) -> None:
+        self._local.finish_now(gen_id, entry)
+        owned = self._owned.get(gen_id)
+        if owned is None or owned.skip:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Op(_X, gen_id, entry))
+        self._enqueue(_Op(_FIN, gen_id, entry=entry, fut=fut))
+        self._full.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self._finish_timeout)
+        except TimeoutError:
+            logger.warning(
+                "event log: the end of generation %s is not in Redis yet (unreachable); "
+                "it stays queued",
+                gen_id,
+            )
+
+    async def mark_lost(self, gen_id: uuid.UUID, entry: Entry) -> bool:
+        if entry.event not in TERMINAL_EVENTS:
+            raise ValueError(f"{entry.event!r} is not a terminal event")
+        local = self._local.get(gen_id)
+        if local is not None:
+            if local.finished or entry.seq != local.last_seq + 1:
+                return False
+            await self.finish(gen_id, entry)
+            return True
+        keys = [self._key(gen_id, "events"), self._key(gen_id, "meta"), self._key(gen_id, "stop")]
+        args = [f"0-{entry.seq}", entry.event, entry.data, self._cap, entry.seq, self._retention_ms]
+        try:
+            written = await self._mark_lost_script(keys=keys, args=args)
+        except _DOWN_ERRORS as exc:
+            raise LogUnavailableError(str(exc)) from exc
+        return bool(written)
+
+    # -- writer --------------------------------------------------------------------------------
+
+    def _take_batch(self) -> list[_Op]:
+        ops: list[_Op] = []
+        xadds = 0
+        queue = self._queue
+        while queue and xadds < self._flush_batch:
+            op = queue.popleft()
+            if op.gen is not None:
+                owned = self._owned.get(op.gen)
+                if owned is None or (owned.skip and op.kind != _META):
+                    op.resolve()  # dropped after retention, or fenced: nothing to write
+                    continue
+            if op.kind == _X:
+                xadds += 1
+            ops.append(op)
+        return ops
+
+    async def _write_batch(self, ops: list[_Op]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        tags: list[_Op | None] = []
+        expiring: set[uuid.UUID] = set()
+        for op in ops:
+            gen = op.gen
+            if op.kind == _X and gen is not None and op.entry is not None:
+                events = self._key(gen, "events")
+                pipe.xadd(
+                    events,
+                    {"e": op.entry.event, "d": op.entry.data},
+                    id=f"0-{op.entry.seq}",
+                    maxlen=self._cap,
+                    approximate=True,
+                )
+                tags.append(op)
+                owned = self._owned.get(gen)
+                if owned is not None and not owned.expire_set and gen not in expiring:
+                    expiring.add(gen)
+                    pipe.pexpire(events, self._ttl_ms)
+                    tags.append(None)
+            elif op.kind == _META and gen is not None and op.meta is not None:
+                pipe.hset(self._key(gen, "meta"), mapping=op.meta)
+                pipe.pexpire(self._key(gen, "meta"), self._ttl_ms)
+                tags.extend((None, None))
+            elif op.kind == _FIN and gen is not None and op.entry is not None:
+                meta = self._key(gen, "meta")
+                pipe.hset(meta, mapping={"status": "finished", "last_seq": str(op.entry.seq)})
+                for part in ("events", "meta", "stop"):
+                    pipe.pexpire(self._key(gen, part), self._retention_ms)
+                tags.extend((None, None, None, None))
+        results = await pipe.execute(raise_on_error=False) if tags else []
+        for op, result in zip(tags, results, strict=False):
+            if not isinstance(result, Exception):
+                continue
+            if op is None or op.gen is None or op.entry is None:
+                self._warn("cmd", "event log: Redis refused a command: %s", result)
+                continue
+            if isinstance(result, ResponseError) and _XADD_REFUSED in str(result) and op.retried:
+                continue  # written by the attempt that lost its connection
+            owned = self._owned.get(op.gen)
+            if owned is not None:
+                owned.skip = True
+            logger.warning(
+                "event log: Redis refused seq %s of generation %s (%s); another writer holds "
+                "this log, no more of it is written",
+                op.entry.seq,
+                op.gen,
+                result,
+            )
+        for gen in expiring:
+            owned = self._owned.get(gen)
+            if owned is not None:
+                owned.expire_set = True
+
+    async def _writer_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if len(self._queue) < self._flush_batch and not self._full.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._flush_interval)
+            self._full.clear()
+            ops = self._take_batch()
+            if not ops:
+                continue
+            try:
+                await self._write_batch(ops)
+            except asyncio.CancelledError:
+                self._queue.extendleft(reversed(ops))
+                raise
+            except _DOWN_ERRORS as exc:
+                for op in ops:
+                    op.retried = True
+                self._queue.extendleft(reversed(ops))
+                self.writer_ok = False
+                self._warn("writer", "event log: Redis write failed (%s); retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            if not self.writer_ok:
+                logger.info("event log: Redis writes resumed")
+            self.writer_ok = True
+            backoff = 0.05
+            for op in ops:
+                op.resolve()
+
+    # -- readers -------------------------------------------------------------------------------
+
+    async def state(self, gen_id: uuid.UUID) -> LogState | None:
+        local = self._local.get(gen_id)
+        if local is not None:
+            return local.state()
+        mirror = self._mirrors.get(gen_id)
+        if mirror is not None and mirror.log.finished:
+            return mirror.log.state()
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hmget(self._key(gen_id, "meta"), ["status", "last_seq"])
+            pipe.xrevrange(self._key(gen_id, "events"), count=1)
+            (status, meta_last), top = await pipe.execute()
+        except _DOWN_ERRORS as exc:
+            raise LogUnavailableError(str(exc)) from exc
+        if status is None:
+            return None
+        entries = _parse_entries(top)
+        last = entries[0].seq if entries else 0
+        finished = status == "finished"
+        if finished and meta_last and str(meta_last).isdigit():
+            last = int(meta_last)
+        return LogState(last, finished)
+
+    async def follow(self, gen_id: uuid.UUID, after: int) -> AsyncIterator[Entry]:
+        local = self._local.get(gen_id)
+        if local is not None:
+            async for entry in local.follow(after, gen_id):
+                yield entry
+            return
+        mirror = self._mirrors.get(gen_id)
+        if mirror is None:
+            mirror = _Mirror(
+                gen_id, self._key(gen_id, "events"), self._key(gen_id, "meta"), self.max_events
+            )
+            self._mirrors[gen_id] = mirror
+            mirror.ready = asyncio.create_task(self._load_mirror(mirror))
+        mirror.readers += 1
+        try:
+            assert mirror.ready is not None
+            await asyncio.shield(mirror.ready)
+            async for entry in mirror.log.follow(after, gen_id):
+                yield entry
+        finally:
+            mirror.readers -= 1
+            if mirror.readers <= 0:
+                self._drop_mirror(mirror)
+
+    def _drop_mirror(self, mirror: _Mirror) -> None:
+        mirror.tailing = False
+        if self._mirrors.get(mirror.gen) is mirror:
+            del self._mirrors[mirror.gen]
+        if mirror.ready is not None and not mirror.ready.done():
+            mirror.ready.cancel()
+
+    async def _load_mirror(self, mirror: _Mirror) -> None:
+        """Catch up with XRANGE (on the shared pool), then hand the key to the tailer."""
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.exists(mirror.meta_key)
+            pipe.xrange(mirror.key, "-", "+", count=self._cap + 1)
+            exists, items = await pipe.execute()
+            if not exists:
+                raise KeyError(mirror.gen)
+            entries = _parse_entries(items)
+            while True:
+                mirror.read_from = max(mirror.read_from, mirror.log.offer(entries))
+                if len(entries) <= self._cap or mirror.log.finished:
+                    break
+                items = await self._redis.xrange(
+                    mirror.key, f"(0-{mirror.read_from}", "+", count=self._cap + 1
+                )
+                entries = _parse_entries(items)
+                if not entries:
+                    break
+        except _DOWN_ERRORS as exc:
+            if self._mirrors.get(mirror.gen) is mirror:
+                del self._mirrors[mirror.gen]
+            raise LogUnavailableError(str(exc)) from exc
+        except KeyError:
+            if self._mirrors.get(mirror.gen) is mirror:
+                del self._mirrors[mirror.gen]
+            raise
+        self._check_gap(mirror)
+        if not mirror.log.finished and self._mirrors.get(mirror.gen) is mirror:
+            mirror.tailing = True
+            self._tail_wake.set()
+
+    def _check_gap(self, mirror: _Mirror) -> None:
+        if mirror.read_from > mirror.log.last_seq and not mirror.log.finished:
+            self._warn(
+                f"gap:{mirror.gen}",
+                "event log: generation %s has a gap after seq %s (stream reaches %s); "
+                "its readers wait before it",
+                mirror.gen,
+                mirror.log.last_seq,
+                mirror.read_from,
+            )
+
+    async def _tail_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            tailing = {m.key: m for m in self._mirrors.values() if m.tailing}
+            if not tailing:
+                self._tail_wake.clear()
+                await self._tail_wake.wait()
+                continue
+            streams = {key: f"0-{m.read_from}" for key, m in tailing.items()}
+            try:
+                response = await self._tail_redis.xread(
+                    streams, count=self._tail_count, block=self._tail_block_ms
+                )
+            except _DOWN_ERRORS as exc:
+                self._warn("tail", "event log: Redis read failed (%s); retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            if isinstance(response, dict):
+                response = list(response.items())
+            for key, items in response or ():
+                mirror = tailing.get(key)
+                if mirror is None:
+                    continue
+                highest = mirror.log.offer(_parse_entries(items))
+                mirror.read_from = max(mirror.read_from, highest)
+                if mirror.log.finished:
+                    mirror.tailing = False
+                else:
+                    self._check_gap(mirror)
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def set_stop_handler(self, handler: StopHandler) -> None:
+        self._local.set_stop_handler(handler)
+
+    async def request_stop(self, gen_id: uuid.UUID, last_index: int | None) -> None:
+        local = self._local.get(gen_id)
+        if local is not None:
+            self._local.deliver_stop(gen_id, last_index, once=False)
+            return
+        try:
+            await self._redis.set(
+                self._key(gen_id, "stop"), json.dumps({"last_index": last_index}), px=self._ttl_ms
+            )
+            await self._redis.publish(
+                self.control_channel, json.dumps({"stop": str(gen_id), "last_index": last_index})
+            )
+        except _DOWN_ERRORS as exc:
+            raise LogUnavailableError(str(exc)) from exc
+
+    def _on_control(self, data: Any) -> None:
+        try:
+            message = json.loads(data)
+            gen_id = uuid.UUID(str(message["stop"]))
+            last_index = message.get("last_index")
+        except (ValueError, TypeError, KeyError):
+            logger.warning("event log: ignoring a malformed control message %r", data)
+            return
+        if last_index is not None and not isinstance(last_index, int):
+            last_index = None
+        self._local.deliver_stop(gen_id, last_index, once=True)
+
+    async def _control_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.control_channel)
+                if not self.control_ok:
+                    self.control_ok = True
+                    self._poll_now.set()  # messages may have been lost meanwhile
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=1.0
+                    )
+                    if message is not None and message.get("type") == "message":
+                        self._on_control(message.get("data"))
+            except _DOWN_ERRORS as exc:
+                self.control_ok = False
+                self._warn(
+                    "control",
+                    "event log: stop channel lost (%s); reconnecting, stop keys still polled",
+                    exc,
+                    level=logging.ERROR,
+                )
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _poll_loop(self) -> None:
+        """Every second: the stop keys of the running generations owned here (one pipeline);
+        every few seconds: whether the remote logs being tailed still exist."""
+        next_vanish_check = time.monotonic() + self._vanish_check_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poll_now.wait(), self._stop_poll_interval)
+            self._poll_now.clear()
+            try:
+                await self._poll_stops()
+                if time.monotonic() >= next_vanish_check:
+                    next_vanish_check = time.monotonic() + self._vanish_check_interval
+                    await self._check_vanished()
+            except _DOWN_ERRORS as exc:
+                self._warn("poll", "event log: stop poll failed (%s)", exc)
+
+    async def _poll_stops(self) -> None:
+        gens = self._local.stoppable_ids()
+        if not gens:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for gen in gens:
+            pipe.get(self._key(gen, "stop"))
+        for gen, raw in zip(gens, await pipe.execute(), strict=True):
+            if raw is None:
+                continue
+            try:
+                last_index = json.loads(raw).get("last_index")
+            except (ValueError, AttributeError):
+                last_index = None
+            if last_index is not None and not isinstance(last_index, int):
+                last_index = None
+            self._local.deliver_stop(gen, last_index, once=True)
+
+    async def _check_vanished(self) -> None:
+        mirrors = [m for m in self._mirrors.values() if m.tailing]
+        if not mirrors:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for mirror in mirrors:
+            pipe.exists(mirror.meta_key)
+        for mirror, exists in zip(mirrors, await pipe.execute(), strict=True):
+            if not exists and not mirror.log.finished:
+                mirror.tailing = False
+                mirror.log.mark_gone()

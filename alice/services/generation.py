@@ -1,0 +1,459 @@
+"""Replies generated server-side, independently of any connection (SPEC section 6).
+
+Each reply is an asyncio task held in this process's registry. It writes every event to the
+reply's event log (which every reader, live or re-attached, reads from) and saves its text to
+the database in short transactions: a heartbeat every ALICE_GENERATION_HEARTBEAT_SECONDS and
+the end state. Every way out of `streaming` is a conditional update on `status='streaming'`,
+so the owner, a stop, a delete and a reaper can race and exactly one of them wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from alice.core.config import Settings
+from alice.core.database import transaction
+from alice.core.errors import DEFAULT_DETAIL, AIServiceUnavailableError, ErrorCode
+from alice.core.security import utcnow
+from alice.models import Message, MessageStatus
+from alice.services.ai.base import AIProvider, ChatTurn, TextDelta, Usage
+from alice.services.eventlog.base import Entry, EventLog, LogUnavailableError
+
+log = logging.getLogger("alice.generation")
+
+_FINALIZE_ATTEMPTS = 5
+
+
+class Outcome(StrEnum):
+    COMPLETE = "complete"
+    STOPPED = "stopped"
+    DISCONNECTED = "disconnected"
+    AI_FAILED = "ai_failed"
+    TIME_LIMIT = "time_limit"
+    SHUTDOWN = "shutdown"
+    ABANDONED = "abandoned"  # finalized elsewhere (reaper): write nothing more
+
+
+_ERROR_CODES = {
+    Outcome.AI_FAILED: ErrorCode.AI_SERVICE_UNAVAILABLE,
+    Outcome.TIME_LIMIT: ErrorCode.GENERATION_TIME_LIMIT,
+    Outcome.SHUTDOWN: ErrorCode.SERVER_SHUTTING_DOWN,
+}
+
+
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(", ", ": "), ensure_ascii=False)
+
+
+def error_data(code: ErrorCode) -> str:
+    return dumps({"detail": DEFAULT_DETAIL[code], "code": code.value})
+
+
+@dataclass
+class Run:
+    message_id: uuid.UUID
+    conversation_id: uuid.UUID
+    user_id: uuid.UUID
+    context: list[ChatTurn]
+    seq: int = 1  # the conversation event
+    parts: list[str] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int | None = None
+    stop: tuple[Outcome, int | None] | None = None
+    finalizing: bool = False
+    task: asyncio.Task[None] | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Metrics:
+    """Counters the registry reports; the metrics endpoint reads them (no-ops by default)."""
+
+    def reply_started(self) -> None: ...
+    def reply_finished(self, status: str) -> None: ...
+    def tokens(self, n: int, attended: bool) -> None: ...
+    def reaped(self) -> None: ...
+
+
+class GenerationRegistry:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        provider: AIProvider,
+        event_log: EventLog,
+        metrics: Metrics | None = None,
+        reader_count: Callable[[uuid.UUID], int] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._provider = provider
+        self._log = event_log
+        self._metrics = metrics or Metrics()
+        self._runs: dict[uuid.UUID, Run] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._pg = not settings.is_sqlite
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.reader_count = reader_count or (lambda _id: 1)
+        event_log.set_stop_handler(self._on_stop)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start_background(self, sweep_all: bool) -> None:
+        """Repair what a crash left (all `streaming` rows when this process is alone), then
+        reap stale replies every three heartbeats."""
+        await self.reap(stale_only=not sweep_all)
+        self._reaper = asyncio.create_task(self._reap_forever(), name="alice-reaper")
+
+    async def shutdown(self, grace: float) -> None:
+        """Let running replies go on for `grace` seconds, then end each as `incomplete`."""
+        if self._reaper:
+            self._reaper.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._reaper
+        tasks = [r.task for r in self._runs.values() if r.task]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for run in list(self._runs.values()):
+            self._interrupt(run, Outcome.SHUTDOWN, None)
+        tasks = [r.task for r in self._runs.values() if r.task]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+
+    @property
+    def running(self) -> int:
+        return len(self._runs)
+
+    def is_local(self, message_id: uuid.UUID) -> bool:
+        return message_id in self._runs
+
+    # --- starting and stopping -------------------------------------------------------------
+
+    async def start(
+        self,
+        *,
+        message_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        user_id: uuid.UUID,
+        is_new: bool,
+        context: list[ChatTurn],
+    ) -> None:
+        """Start the reply as a server-side task; its `conversation` event is logged first."""
+        await self._log.create(
+            message_id,
+            {
+                "conversation_id": str(conversation_id),
+                "user_id": str(user_id),
+                "owner": self.owner,
+            },
+        )
+        self._log.append(
+            message_id,
+            Entry(
+                1,
+                "conversation",
+                dumps(
+                    {
+                        "conversation_id": str(conversation_id),
+                        "is_new": is_new,
+                        "message_id": str(message_id),
+                    }
+                ),
+            ),
+        )
+        run = Run(message_id, conversation_id, user_id, context)
+        self._runs[message_id] = run
+        run.task = asyncio.create_task(self._run(run), name=f"alice-reply-{message_id}")
+        self._metrics.reply_started()
+
+    async def request_stop(self, message_id: uuid.UUID, last_index: int | None) -> None:
+        """Ask the reply's owner, in whichever process, to stop it."""
+        run = self._runs.get(message_id)
+        if run is not None:
+            self._interrupt(run, Outcome.STOPPED, last_index)
+            return
+        await self._log.request_stop(message_id, last_index)
+
+    def client_left(self, message_id: uuid.UUID) -> None:
+        """The client that asked went away (ALICE_GENERATION_ON_DISCONNECT=stop)."""
+        run = self._runs.get(message_id)
+        if run is not None:
+            self._interrupt(run, Outcome.DISCONNECTED, None)
+
+    async def wait(self, message_id: uuid.UUID, timeout: float) -> bool:
+        """Wait for a local reply to end; True when it has (or is not running here)."""
+        run = self._runs.get(message_id)
+        if run is None:
+            return True
+        with suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await run.done.wait()
+        return run.done.is_set()
+
+    def _on_stop(self, message_id: uuid.UUID, last_index: int | None) -> None:
+        run = self._runs.get(message_id)
+        if run is not None:
+            self._interrupt(run, Outcome.STOPPED, last_index)
+
+    def _interrupt(self, run: Run, outcome: Outcome, last_index: int | None) -> None:
+        if run.finalizing or run.stop is not None or run.task is None:
+            return
+        run.stop = (outcome, last_index)
+        run.task.cancel()
+
+    # --- the reply --------------------------------------------------------------------------
+
+    async def _run(self, run: Run) -> None:
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.generation_max_seconds
+        idle = settings.ai_timeout_seconds
+        stream = self._provider.stream(settings.system_prompt, run.context)
+        heartbeat = asyncio.create_task(self._heartbeat(run), name=f"alice-hb-{run.message_id}")
+        outcome = Outcome.COMPLETE
+        mid = run.message_id
+        append = self._log.append
+        try:
+            try:
+                async with asyncio.timeout(None) as timer:
+                    while True:
+                        timer.reschedule(min(deadline, loop.time() + idle))
+                        try:
+                            event = await anext(stream)
+                        except StopAsyncIteration:
+                            break
+                        if type(event) is TextDelta:
+                            index = len(run.parts)
+                            run.parts.append(event.text)
+                            run.seq += 1
+                            append(
+                                mid,
+                                Entry(
+                                    run.seq,
+                                    "token",
+                                    dumps({"content": event.text, "index": index}),
+                                ),
+                            )
+                            self._metrics.tokens(1, self.reader_count(mid) > 0)
+                        elif type(event) is Usage:
+                            run.input_tokens = event.input_tokens
+                            run.output_tokens = event.output_tokens
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    outcome = Outcome.TIME_LIMIT
+                    log.warning("reply %s hit the time limit", mid)
+                else:
+                    outcome = Outcome.AI_FAILED
+                    log.warning("reply %s: no provider event for %ss", mid, idle)
+            except AIServiceUnavailableError:
+                outcome = Outcome.AI_FAILED
+            except asyncio.CancelledError:
+                if run.stop is None:
+                    raise
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                outcome = run.stop[0]
+        finally:
+            run.finalizing = True
+            heartbeat.cancel()
+            # Closing the generator closes the HTTP request to the provider.
+            with suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(_aclose(stream))
+        try:
+            await asyncio.shield(self._finish(run, outcome))
+        finally:
+            self._runs.pop(mid, None)
+            run.done.set()
+
+    async def _finish(self, run: Run, outcome: Outcome) -> None:
+        if outcome is Outcome.ABANDONED:
+            self._metrics.reply_finished("abandoned")
+            return
+        mid = run.message_id
+        parts = run.parts
+        status: MessageStatus
+        if outcome is Outcome.STOPPED:
+            last_index = run.stop[1] if run.stop else None
+            if last_index is not None:
+                parts = parts[: max(last_index, -1) + 1]
+            status = MessageStatus.STOPPED
+        elif outcome is Outcome.COMPLETE:
+            status = MessageStatus.COMPLETE
+        else:
+            status = MessageStatus.INCOMPLETE
+        text = "".join(parts)
+        terminal_seq = run.seq + 1
+        if status is MessageStatus.COMPLETE:
+            token_count = run.output_tokens if run.output_tokens is not None else len(parts)
+        else:
+            token_count = len(parts)
+        delete_row = status is MessageStatus.INCOMPLETE and not text
+        won = await self._finalize_row(mid, status, text, token_count, terminal_seq, delete_row)
+        if won is None:
+            entry = Entry(terminal_seq, "error", error_data(ErrorCode.DATABASE_UNAVAILABLE))
+            await self._log.finish(mid, entry)
+            self._metrics.reply_finished("database_unavailable")
+            return
+        if not won:
+            # Someone else (the reaper, a delete) ended it first and told the readers.
+            self._metrics.reply_finished("abandoned")
+            return
+        if outcome in _ERROR_CODES:
+            entry = Entry(terminal_seq, "error", error_data(_ERROR_CODES[outcome]))
+        else:
+            total = run.input_tokens + token_count
+            entry = Entry(
+                terminal_seq,
+                "done",
+                dumps(
+                    {
+                        "message_id": str(mid),
+                        "conversation_id": str(run.conversation_id),
+                        "total_tokens": total,
+                        "status": status.value,
+                        "last_index": len(parts) - 1,
+                    }
+                ),
+            )
+        await self._log.finish(mid, entry)
+        self._metrics.reply_finished("deleted" if delete_row else status.value)
+
+    async def _finalize_row(
+        self,
+        mid: uuid.UUID,
+        status: MessageStatus,
+        text: str,
+        token_count: int,
+        terminal_seq: int,
+        delete_row: bool,
+    ) -> bool | None:
+        """The end state, committed. True: this call ended it; False: it had ended already;
+        None: the database could not be reached."""
+        for attempt in range(_FINALIZE_ATTEMPTS):
+            try:
+                async with transaction(self._sessions) as session:
+                    guard = (Message.id == mid, Message.status == MessageStatus.STREAMING)
+                    if delete_row:
+                        result = await session.execute(delete(Message).where(*guard))
+                    else:
+                        result = await session.execute(
+                            update(Message)
+                            .where(*guard)
+                            .values(
+                                status=status,
+                                content=text,
+                                token_count=token_count,
+                                event_seq=terminal_seq,
+                                heartbeat_at=None,
+                            )
+                        )
+                return bool(result.rowcount)
+            except Exception:  # noqa: BLE001 - retried, then reported to the readers
+                log.warning("saving reply %s failed (attempt %d)", mid, attempt + 1, exc_info=True)
+                await asyncio.sleep(0.2 * 2**attempt)
+        return None
+
+    async def _heartbeat(self, run: Run) -> None:
+        every = self._settings.generation_heartbeat_seconds
+        while True:
+            await asyncio.sleep(every)
+            # Text and position are taken together: the saved content covers exactly `seq`.
+            text, seq = "".join(run.parts), run.seq
+            try:
+                async with transaction(self._sessions) as session:
+                    result = await session.execute(
+                        update(Message)
+                        .where(Message.id == run.message_id, Message.status == MessageStatus.STREAMING)
+                        .values(content=text, event_seq=seq, heartbeat_at=self._now())
+                    )
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
+                log.warning("heartbeat of reply %s failed", run.message_id, exc_info=True)
+                continue
+            if result.rowcount == 0 and not run.finalizing:
+                log.warning("reply %s was ended elsewhere; abandoning it", run.message_id)
+                if run.stop is None and run.task is not None:
+                    run.stop = (Outcome.ABANDONED, None)
+                    run.task.cancel()
+                return
+
+    def _now(self) -> Any:
+        # PostgreSQL's clock for every process on one database; SQLite processes share a host.
+        return func.now() if self._pg else utcnow()
+
+    # --- the reaper ---------------------------------------------------------------------------
+
+    async def _reap_forever(self) -> None:
+        every = 3 * self._settings.generation_heartbeat_seconds
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.reap(stale_only=True)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.warning("reaper round failed", exc_info=True)
+
+    async def reap(self, stale_only: bool) -> int:
+        """End the replies whose process died: `incomplete` (deleted when empty), and their
+        readers told GENERATION_LOST. Returns how many this call ended."""
+        cutoff: Any
+        stale = timedelta(seconds=6 * self._settings.generation_heartbeat_seconds)
+        query = select(Message).where(Message.status == MessageStatus.STREAMING)
+        if stale_only:
+            cutoff = (func.now() - stale) if self._pg else (utcnow() - stale)
+            query = query.where(Message.heartbeat_at < cutoff)
+        async with self._sessions() as session:
+            rows = list((await session.execute(query)).scalars())
+        reaped = 0
+        for row in rows:
+            if row.id in self._runs:
+                continue
+            if await self._reap_one(row):
+                reaped += 1
+        return reaped
+
+    async def _reap_one(self, row: Message) -> bool:
+        try:
+            state = await self._log.state(row.id)
+        except LogUnavailableError:
+            state = None
+        last_seq = max(row.event_seq or 1, state.last_seq if state else 0)
+        if state is not None and state.finished:
+            return False
+        terminal_seq = last_seq + 1
+        won = await self._finalize_row(
+            row.id,
+            MessageStatus.INCOMPLETE,
+            row.content,
+            max((row.event_seq or 1) - 1, 0),
+            terminal_seq,
+            delete_row=not row.content,
+        )
+        if not won:
+            return False
+        log.warning("reaped reply %s (its process stopped)", row.id)
+        self._metrics.reaped()
+        with suppress(Exception):
+            await self._log.mark_lost(
+                row.id, Entry(terminal_seq, "error", error_data(ErrorCode.GENERATION_LOST))
+            )
+        return True
+
+
+async def _aclose(stream: Any) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
