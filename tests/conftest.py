@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,74 @@ def make_user(app: FastAPI) -> Callable[..., Any]:
 @pytest.fixture
 async def user(make_user: Callable[..., Any]) -> UserSession:
     return await make_user()
+
+
+# --- chat: a fake Anthropic API and the app on a real socket --------------------------------
+
+
+@pytest.fixture(scope="session")
+def fake_anthropic() -> Any:
+    from tests.fakes.anthropic_server import FakeAnthropicServer
+
+    with FakeAnthropicServer() as fake:
+        yield fake
+
+
+@pytest.fixture
+def ai_settings(fake_anthropic: Any) -> dict[str, Any]:
+    """Overrides that send replies through the official SDK to the fake Anthropic API."""
+    from pydantic import SecretStr
+
+    return {
+        "anthropic_api_key": SecretStr("test-key"),
+        "anthropic_base_url": fake_anthropic.base_url,
+    }
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[tuple[FastAPI, str]]:
+    """The app on a real loopback socket, in this event loop: for streams that a client
+    leaves early, which an in-memory transport cannot show."""
+    import socket
+
+    import uvicorn
+
+    application = create_app(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(application, lifespan="on", log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield application, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture
+async def live(settings: Settings, ai_settings: dict[str, Any]) -> AsyncIterator[Any]:
+    """The app with the fake Anthropic provider, served on a loopback port."""
+    async with serve(settings.model_copy(update=ai_settings)) as (application, url):
+        yield LiveApp(application, url)
+
+
+@dataclass
+class LiveApp:
+    app: FastAPI
+    url: str
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=30, **kwargs)
+
+    async def user(self, email: str | None = None) -> UserSession:
+        email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+        pair = await self.app.state.services.auth.register(email, PASSWORD, None)
+        return UserSession(email, PASSWORD, pair.access_token, pair.refresh_token)

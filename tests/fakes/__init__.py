@@ -1,0 +1,1 @@
+"""Fakes of the services ALICE talks to: real servers speaking the real protocols."""

@@ -1,0 +1,328 @@
+"""SPEC sections 5 to 7: the message stream, through the official SDK to a fake Anthropic API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import pytest
+from sqlalchemy import func, select, update
+
+from alice.models import Conversation, Message
+from tests.chatkit import CHAT, eventually, messages, send
+from tests.conftest import serve
+from tests.fakes.anthropic_server import expected_text, input_tokens_for
+
+
+async def test_stream_events_ids_and_storage_as_specified(live, fake_anthropic):
+    user = await live.user()
+    async with live.client() as client:
+        s = await send(client, user.access_token, "Hi [[tokens:6]]")
+        assert s.status == 200
+        assert s.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert s.headers["cache-control"] == "no-cache"
+        assert s.headers["x-accel-buffering"] == "no"
+        assert s.names == ["conversation"] + ["token"] * 6 + ["done"]
+        mid = s.message_id
+        assert [e.id for e in s.events] == [f"{mid}:{i}" for i in range(1, 9)]
+        assert s.events[0].retry == 1000
+        assert all(e.retry is None for e in s.events[1:])
+        conv = s.data(0)
+        assert conv["is_new"] is True and set(conv) == {"conversation_id", "is_new", "message_id"}
+        assert [t["index"] for t in s.tokens] == list(range(6))
+        assert s.text == expected_text(6)
+        done = json.loads(s.terminal.data)
+        record = fake_anthropic.requests[-1]
+        assert done == {
+            "message_id": str(mid),
+            "conversation_id": conv["conversation_id"],
+            "total_tokens": record.input_tokens + record.output_tokens,
+            "status": "complete",
+            "last_index": 5,
+        }
+        assert record.input_tokens == input_tokens_for(record.body)
+        stored = await messages(client, user.access_token, conv["conversation_id"])
+    assert [m["role"] for m in stored] == ["user", "assistant"]
+    reply = stored[1]
+    assert reply["id"] == str(mid)
+    assert reply["content"] == expected_text(6)
+    assert reply["status"] == "complete" and reply["event_id"] is None
+    assert reply["token_count"] == record.output_tokens == 6
+    assert stored[0]["content"] == "Hi [[tokens:6]]"
+
+
+async def test_provider_receives_system_prompt_model_and_max_tokens(live, fake_anthropic):
+    user = await live.user()
+    async with live.client() as client:
+        await send(client, user.access_token, "Hello there")
+    body = fake_anthropic.requests[-1].body
+    settings = live.app.state.services.settings
+    assert body["system"] == settings.system_prompt
+    assert body["model"] == settings.ai_model
+    assert body["max_tokens"] == settings.ai_max_tokens
+    assert body["stream"] is True
+    assert body["messages"] == [{"role": "user", "content": "Hello there"}]
+
+
+async def test_third_message_sends_the_two_earlier_turns_in_order(live, fake_anthropic):
+    user = await live.user()
+    async with live.client() as client:
+        first = await send(client, user.access_token, "one [[tokens:2]]")
+        cid = first.conversation_id
+        await send(client, user.access_token, "two [[tokens:3]]", cid)
+        third = await send(client, user.access_token, "three", cid)
+    assert third.data(0)["is_new"] is False
+    assert fake_anthropic.requests[-1].body["messages"] == [
+        {"role": "user", "content": "one [[tokens:2]]"},
+        {"role": "assistant", "content": expected_text(2)},
+        {"role": "user", "content": "two [[tokens:3]]"},
+        {"role": "assistant", "content": expected_text(3)},
+        {"role": "user", "content": "three"},
+    ]
+
+
+@pytest.mark.parametrize("status", [401, 429, 500, 529])
+async def test_provider_error_before_stream_deletes_reply_keeps_user_message(
+    live, fake_anthropic, status
+):
+    user = await live.user()
+    async with live.client() as client:
+        s = await send(client, user.access_token, f"fail [[status:{status}]]")
+        assert s.names == ["conversation", "error"]
+        assert json.loads(s.terminal.data) == {
+            "detail": "The AI service is unavailable.",
+            "code": "AI_SERVICE_UNAVAILABLE",
+        }
+        stored = await messages(client, user.access_token, s.conversation_id)
+        assert [m["role"] for m in stored] == ["user"]
+        # The conversation goes on normally: the next message is accepted, and the provider
+        # gets the kept user message joined with the new one into one user turn.
+        again = await send(client, user.access_token, "again", s.conversation_id)
+        assert again.status == 200 and again.names[0] == "conversation"
+    assert fake_anthropic.requests[-1].body["messages"] == [
+        {"role": "user", "content": f"fail [[status:{status}]]\n\nagain"}
+    ]
+
+
+@pytest.mark.parametrize("marker", ["[[error_after:3]]", "[[drop_after:3]]", "[[end_after:3]]"])
+async def test_provider_failure_after_tokens_keeps_partial_as_incomplete(live, marker):
+    user = await live.user()
+    async with live.client() as client:
+        s = await send(client, user.access_token, f"[[tokens:10]] {marker}")
+        assert s.names == ["conversation"] + ["token"] * 3 + ["error"]
+        assert json.loads(s.terminal.data)["code"] == "AI_SERVICE_UNAVAILABLE"
+        stored = await messages(client, user.access_token, s.conversation_id)
+    assert stored[1]["status"] == "incomplete"
+    assert stored[1]["content"] == expected_text(3) == s.text
+    assert stored[1]["token_count"] == 3
+
+
+async def test_provider_hanging_past_max_time_ends_with_time_limit(
+    settings, ai_settings, fake_anthropic
+):
+    s2 = settings.model_copy(update={**ai_settings, "generation_max_seconds": 0.5})
+    async with serve(s2) as (app, url):
+        user = await app.state.services.auth.register("h@example.com", "SecurePass123", None)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            s = await send(client, user.access_token, "[[hang]]")
+            assert s.names == ["conversation", "error"]
+            assert json.loads(s.terminal.data)["code"] == "GENERATION_TIME_LIMIT"
+            assert [m["role"] for m in await messages(client, user.access_token, s.conversation_id)] == ["user"]
+            slow = await send(client, user.access_token, "[[tokens:100]] [[delay:100]]")
+            assert slow.terminal.event == "error"
+            assert json.loads(slow.terminal.data)["code"] == "GENERATION_TIME_LIMIT"
+            stored = await messages(client, user.access_token, slow.conversation_id)
+    assert stored[1]["status"] == "incomplete" and stored[1]["content"] == slow.text != ""
+    record = fake_anthropic.requests[-1]
+    await asyncio.to_thread(fake_anthropic.wait_for, lambda: record.finished, 2)
+    assert record.disconnected and not record.reached_stop
+
+
+async def test_provider_silent_past_ai_timeout_keeps_partial(settings, ai_settings):
+    s2 = settings.model_copy(update={**ai_settings, "ai_timeout_seconds": 0.5})
+    async with serve(s2) as (app, url):
+        user = await app.state.services.auth.register("t@example.com", "SecurePass123", None)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            s = await send(client, user.access_token, "[[tokens:5]] [[delay:3000]]")
+            assert s.names == ["conversation", "token", "error"]
+            assert json.loads(s.terminal.data)["code"] == "AI_SERVICE_UNAVAILABLE"
+            stored = await messages(client, user.access_token, s.conversation_id)
+    assert stored[1]["status"] == "incomplete" and stored[1]["content"] == "tok0 "
+
+
+async def test_client_disconnect_reply_runs_to_its_end(live, fake_anthropic):
+    user = await live.user()
+    async with live.client() as client:
+        s = await send(
+            client, user.access_token, "[[tokens:30]] [[delay:20]]", stop_after_tokens=3
+        )
+        assert len(s.tokens) == 3
+    record = fake_anthropic.requests[-1]
+    assert await asyncio.to_thread(fake_anthropic.wait_for, lambda: record.finished, 5)
+    assert record.reached_stop and not record.disconnected
+
+    async def stored_complete():
+        async with live.client() as c:
+            items = await messages(c, user.access_token, s.conversation_id)
+        return items[1] if items[1]["status"] == "complete" else None
+
+    reply = await eventually(stored_complete)
+    assert reply["content"] == expected_text(30)
+
+
+async def test_client_disconnect_with_stop_mode_closes_provider_within_a_second(
+    settings, ai_settings, fake_anthropic
+):
+    s2 = settings.model_copy(update={**ai_settings, "generation_on_disconnect": "stop"})
+    async with serve(s2) as (app, url):
+        user = await app.state.services.auth.register("d@example.com", "SecurePass123", None)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            s = await send(
+                client, user.access_token, "[[tokens:200]] [[delay:20]]", stop_after_tokens=3
+            )
+        left_at = time.monotonic()
+        record = fake_anthropic.requests[-1]
+        assert await asyncio.to_thread(fake_anthropic.wait_for, lambda: record.disconnected, 2)
+        assert record.disconnected_at - left_at < 1.0
+        assert not record.reached_stop
+
+        async def stored():
+            async with app.state.services.sessions() as session:
+                row = await session.get(Message, s.message_id)
+            return row if row is not None and row.status != "streaming" else None
+
+        row = await eventually(stored)
+    assert row.status == "incomplete"
+    assert row.content.startswith(expected_text(3)) and len(row.content) >= len(expected_text(3))
+
+
+async def test_ten_simultaneous_messages_one_stream_nine_409(
+    settings, ai_settings, fake_anthropic
+):
+    s2 = settings.model_copy(update={**ai_settings, "rate_limit_enabled": False})
+    async with serve(s2) as (app, url):
+        user = await app.state.services.auth.register("c@example.com", "SecurePass123", None)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            first = await send(client, user.access_token, "first")
+            cid = first.conversation_id
+            results = await asyncio.gather(
+                *(send(client, user.access_token, "[[tokens:5]] [[delay:20]]", cid) for _ in range(10))
+            )
+        statuses = sorted(r.status for r in results)
+        assert statuses == [200] + [409] * 9
+        for r in results:
+            if r.status == 409:
+                assert r.body["code"] == "GENERATION_IN_PROGRESS"
+            else:
+                assert r.terminal.event == "done"
+        async with app.state.services.sessions() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(Message).where(
+                    Message.conversation_id == cid, Message.role == "user"
+                )
+            )
+    assert count == 2
+
+
+async def test_message_to_running_conversation_is_409_and_new_message_moves_updated_at(live):
+    user = await live.user()
+    async with live.client() as client:
+        s = await send(
+            client, user.access_token, "[[tokens:50]] [[delay:20]]", stop_after_tokens=1
+        )
+        busy = await client.post(
+            f"{CHAT}/message",
+            json={"content": "more", "conversation_id": str(s.conversation_id)},
+            headers={"Authorization": f"Bearer {user.access_token}"},
+        )
+        assert busy.status_code == 409 and busy.json()["code"] == "GENERATION_IN_PROGRESS"
+
+
+async def test_heartbeat_saves_text_without_moving_updated_at(settings, ai_settings):
+    s2 = settings.model_copy(update={**ai_settings, "generation_heartbeat_seconds": 0.1})
+    async with serve(s2) as (app, url):
+        user = await app.state.services.auth.register("b@example.com", "SecurePass123", None)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            s = await send(
+                client, user.access_token, "[[tokens:60]] [[delay:20]]", stop_after_tokens=5
+            )
+
+            async def saved():
+                items = await messages(client, user.access_token, s.conversation_id)
+                reply = items[1]
+                return reply if reply["status"] == "streaming" and reply["content"] else None
+
+            reply = await eventually(saved)
+            mid, seq = reply["event_id"].split(":")
+            assert mid == str(s.message_id)
+            # The saved content covers exactly the events up to its event id.
+            n_tokens = int(seq) - 1
+            assert reply["content"] == expected_text(n_tokens)
+            async with app.state.services.sessions() as session:
+                conv = await session.get(Conversation, s.conversation_id)
+                user_msg = (
+                    await session.execute(
+                        select(Message).where(
+                            Message.conversation_id == conv.id, Message.role == "user"
+                        )
+                    )
+                ).scalar_one()
+            assert conv.updated_at == user_msg.created_at
+
+
+async def test_reply_ended_elsewhere_is_not_overwritten_by_its_owner(settings, ai_settings):
+    s2 = settings.model_copy(update={**ai_settings, "generation_heartbeat_seconds": 0.1})
+    async with serve(s2) as (app, url):
+        user = await app.state.services.auth.register("z@example.com", "SecurePass123", None)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            s = await send(
+                client, user.access_token, "[[tokens:100]] [[delay:20]]", stop_after_tokens=2
+            )
+            async with app.state.services.sessions() as session, session.begin():
+                await session.execute(
+                    update(Message)
+                    .where(Message.id == s.message_id)
+                    .values(status="incomplete", content="kept by the reaper")
+                )
+            await eventually(lambda: not app.state.services.generations.is_local(s.message_id))
+            async with app.state.services.sessions() as session:
+                row = await session.get(Message, s.message_id)
+    assert row.status == "incomplete" and row.content == "kept by the reaper"
+
+
+async def test_mock_provider_streams_word_by_word(app, client, user):
+    resp = await client.post(
+        f"{CHAT}/message", json={"content": "Hello ALICE!"}, headers=user.headers
+    )
+    assert resp.status_code == 200
+    from httpx_sse._decoders import SSEDecoder
+
+    decoder = SSEDecoder()
+    events = []
+    for line in resp.text.splitlines():
+        event = decoder.decode(line)
+        if event is not None:
+            events.append(event)
+    names = [e.event for e in events]
+    assert names[0] == "conversation" and names[-1] == "done"
+    tokens = [json.loads(e.data)["content"] for e in events if e.event == "token"]
+    assert len(tokens) > 3 and all(t.strip() and " " not in t.strip() for t in tokens)
+    done = json.loads(events[-1].data)
+    assert done["last_index"] == len(tokens) - 1
+    async with app.state.services.sessions() as session:
+        row = await session.get(Message, uuid.UUID(done["message_id"]))
+    assert row.content == "".join(tokens) and row.token_count == len(tokens)
