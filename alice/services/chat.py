@@ -26,7 +26,7 @@ _SPACES = re.compile(r"\s+")
 
 def make_title(content: str) -> str:
     """The first user message, white space folded, cut at 80 characters."""
-    return _SPACES.sub(" ", content).strip()[:TITLE_MAX]
+    return _SPACES.sub(" ", content).strip()[:TITLE_MAX].rstrip()
 
 
 def message_response(m: Message) -> MessageResponse:
