@@ -7,7 +7,7 @@ import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -91,10 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    api = APIRouter(prefix="/api/v1")
-    api.include_router(auth.router)
-    api.include_router(chat.router)
-    app.include_router(api)
+    # Routers carry their full prefix, so a route's template (logs, metrics) is its whole path.
+    app.include_router(auth.router)
+    app.include_router(chat.router)
     app.include_router(ops.router)
 
     @app.get("/metrics", include_in_schema=True, tags=["operations"])

@@ -22,10 +22,6 @@ access_log = logging.getLogger("alice.access")
 error_log = logging.getLogger("alice.error")
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class EdgeMiddleware:
     def __init__(self, app: ASGIApp, on_response: Any = None) -> None:
         self.app = app
@@ -43,9 +39,12 @@ class EdgeMiddleware:
         state["request_id"] = request_id
         status = 500
         response_started = False
+        rejected = False
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
+            if rejected:
+                return  # the 413 went out already; whatever the app says now is dropped
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
@@ -64,18 +63,20 @@ class EdgeMiddleware:
             received = 0
 
             async def receive_wrapper() -> Message:
-                nonlocal received
+                # A body without Content-Length is counted as it arrives; past the limit the
+                # 413 is sent at once and the app is told the client left.
+                nonlocal received, rejected
                 message = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > MAX_BODY_BYTES:
-                        raise _BodyTooLarge
+                        if not response_started:
+                            await _send_error(send_wrapper, 413, ErrorCode.PAYLOAD_TOO_LARGE)
+                        rejected = True
+                        return {"type": "http.disconnect"}
                 return message
 
             await self.app(scope, receive_wrapper, send_wrapper)
-        except _BodyTooLarge:
-            if not response_started:
-                await _send_error(send_wrapper, 413, ErrorCode.PAYLOAD_TOO_LARGE)
         except Exception:
             error_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not response_started:

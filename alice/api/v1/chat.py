@@ -31,7 +31,7 @@ from alice.schemas.chat import (
 from alice.services.chat import message_response
 from alice.services.eventlog.base import LogUnavailableError
 
-router = APIRouter(prefix="/chat", tags=["chat"])
+router = APIRouter(prefix="/api/v1/chat", tags=["chat"])
 
 STOP_WAIT_SECONDS = 5.0
 

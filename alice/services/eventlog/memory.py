@@ -109,20 +109,69 @@ class GenLog:
         self.gone = True
         self._wake()
 
-    async def follow(self, after: int, key: object = None) -> AsyncIterator[Entry]:
-        pos = max(int(after), 0)
+    async def wait(self) -> None:
+        """Wait for the next change (an entry, the end, or the log going away)."""
+        waiter = self._waiter
+        if waiter is None:
+            waiter = self._waiter = asyncio.Event()
+        await waiter.wait()
+
+    def follower(self, after: int, key: object = None) -> LogFollower:
+        return LogFollower(self, after, key)
+
+
+class LogFollower:
+    """Async iterator over a :class:`GenLog` from a cursor. Cancellation-safe: a cancelled
+    ``__anext__`` (e.g. ``asyncio.wait_for`` used for keep-alive pings) loses nothing, the next
+    call goes on from the same position."""
+
+    __slots__ = ("_log", "_pos", "_key")
+
+    def __init__(self, log: GenLog, after: int, key: object = None) -> None:
+        self._log = log
+        self._pos = max(int(after), 0)
+        self._key = key
+
+    @property
+    def position(self) -> int:
+        """The seq of the last entry returned (or the starting cursor)."""
+        return self._pos
+
+    def __aiter__(self) -> LogFollower:
+        return self
+
+    async def __anext__(self) -> Entry:
+        log = self._log
         while True:
-            while pos < len(self._datas):
-                pos += 1
-                yield Entry(pos, self._events[pos - 1], self._datas[pos - 1])
-            if self.finished:
-                return
-            if self.gone:
-                raise KeyError(key)
-            waiter = self._waiter
-            if waiter is None:
-                waiter = self._waiter = asyncio.Event()
-            await waiter.wait()
+            if self._pos < log.last_seq:
+                self._pos += 1
+                return log.entry(self._pos)
+            if log.finished:
+                raise StopAsyncIteration
+            if log.gone:
+                raise KeyError(self._key)
+            await log.wait()
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Failing:
+    """An iterator whose first ``__anext__`` raises (unknown log, backend down)."""
+
+    __slots__ = ("_exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self._exc = exc
+
+    def __aiter__(self) -> _Failing:
+        return self
+
+    async def __anext__(self) -> Entry:
+        raise self._exc
+
+    async def aclose(self) -> None:
+        return None
 
 
 class MemoryEventLog(EventLog):
@@ -218,10 +267,11 @@ class MemoryEventLog(EventLog):
     async def finish(self, gen_id: uuid.UUID, entry: Entry) -> None:
         self.finish_now(gen_id, entry)
 
-    async def follow(self, gen_id: uuid.UUID, after: int) -> AsyncIterator[Entry]:
-        log = self._require(gen_id)
-        async for entry in log.follow(after, gen_id):
-            yield entry
+    def follow(self, gen_id: uuid.UUID, after: int) -> AsyncIterator[Entry]:
+        log = self._logs.get(gen_id)
+        if log is None:
+            return _Failing(KeyError(gen_id))
+        return log.follower(after, gen_id)
 
     async def state(self, gen_id: uuid.UUID) -> LogState | None:
         log = self._logs.get(gen_id)

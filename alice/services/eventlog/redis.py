@@ -43,7 +43,7 @@ from alice.services.eventlog.base import (
     LogUnavailableError,
     StopHandler,
 )
-from alice.services.eventlog.memory import GenLog, MemoryEventLog
+from alice.services.eventlog.memory import GenLog, LogFollower, MemoryEventLog
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,57 @@ class _Mirror:
         self.ready: asyncio.Task[None] | None = None
         self.read_from = 0  # highest stream seq seen (the XREAD cursor)
         self.tailing = False
+
+
+class _RemoteFollower:
+    """A reader of a remote generation: holds a reader count on the mirror until it ends, is
+    closed, or is garbage collected; waits on memory only. Cancellation-safe like
+    :class:`LogFollower`."""
+
+    __slots__ = ("_owner", "_mirror", "_after", "_inner", "_released", "__weakref__")
+
+    def __init__(self, owner: RedisEventLog, mirror: _Mirror, after: int) -> None:
+        self._owner = owner
+        self._mirror = mirror
+        self._after = after
+        self._inner: LogFollower | None = None
+        self._released = False
+        mirror.readers += 1
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._mirror.readers -= 1
+            if self._mirror.readers <= 0:
+                self._owner._drop_mirror(self._mirror)
+
+    def __aiter__(self) -> _RemoteFollower:
+        return self
+
+    async def __anext__(self) -> Entry:
+        if self._released:
+            raise StopAsyncIteration
+        try:
+            if self._inner is None:
+                ready = self._mirror.ready
+                if ready is not None:
+                    await asyncio.shield(ready)
+                self._inner = self._mirror.log.follower(self._after, self._mirror.gen)
+            return await self._inner.__anext__()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self._release()
+            raise
+
+    async def aclose(self) -> None:
+        self._release()
+
+    def __del__(self) -> None:
+        try:
+            self._release()
+        except Exception:  # noqa: S110 - never raise from a finalizer
+            pass
 
 
 def _parse_entries(items: Any) -> list[Entry]:
@@ -473,12 +524,10 @@ class RedisEventLog(EventLog):
             last = int(meta_last)
         return LogState(last, finished)
 
-    async def follow(self, gen_id: uuid.UUID, after: int) -> AsyncIterator[Entry]:
+    def follow(self, gen_id: uuid.UUID, after: int) -> AsyncIterator[Entry]:
         local = self._local.get(gen_id)
         if local is not None:
-            async for entry in local.follow(after, gen_id):
-                yield entry
-            return
+            return local.follower(after, gen_id)
         mirror = self._mirrors.get(gen_id)
         if mirror is None:
             mirror = _Mirror(
@@ -486,16 +535,7 @@ class RedisEventLog(EventLog):
             )
             self._mirrors[gen_id] = mirror
             mirror.ready = asyncio.create_task(self._load_mirror(mirror))
-        mirror.readers += 1
-        try:
-            assert mirror.ready is not None
-            await asyncio.shield(mirror.ready)
-            async for entry in mirror.log.follow(after, gen_id):
-                yield entry
-        finally:
-            mirror.readers -= 1
-            if mirror.readers <= 0:
-                self._drop_mirror(mirror)
+        return _RemoteFollower(self, mirror, after)
 
     def _drop_mirror(self, mirror: _Mirror) -> None:
         mirror.tailing = False
