@@ -39,7 +39,7 @@ bench-quick: $(STAMP)
 
 # Re-pin after changing pyproject.toml's dependencies.
 lock: $(STAMP)
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v "^-e" > requirements.lock && $(BIN)/python -m pip freeze --all | grep -E "^(setuptools|wheel)==" >> requirements.lock
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache
