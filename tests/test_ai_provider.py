@@ -24,9 +24,10 @@ from alice.services.ai import (
     build_context,
     create_provider,
 )
-from alice.services.ai.anthropic import AnthropicProvider
+from alice.services.ai.anthropic import AnthropicProvider, ShardedTransport
 from alice.services.ai.mock import MockProvider, mock_input_tokens, mock_reply
 from tests.fakes.anthropic_server import (
+    ABSOLUTE_FORM_HEADER,
     FakeAnthropicServer,
     RecordedRequest,
     expected_text,
@@ -48,6 +49,18 @@ def make_settings(**overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SDK's client honours proxy variables: a proxy of the machine must not carry
+    # the requests meant for the loopback fake.
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +114,7 @@ def tagged(markers: str = "") -> tuple[str, str]:
 
 
 def records(fake: FakeAnthropicServer, tag: str) -> list[RecordedRequest]:
-    return [r for r in fake.requests if tag in r.last_user_text]
+    return fake.requests_with(tag)
 
 
 # -- Anthropic: the normal stream ----------------------------------------------------------------
@@ -126,7 +139,8 @@ async def test_stream_yields_every_delta_and_the_reported_usage(
     assert record.reached_stop and not record.disconnected
     assert record.input_tokens == input_tokens_for(record.body) == 13
     assert result.usages[0] == Usage(13, 1)  # message_start
-    assert result.usages[-1] == Usage(record.input_tokens, record.output_tokens) == Usage(13, 7)
+    assert record.output_tokens == 7
+    assert result.usages[-1] == Usage(13, 7)  # what the fake reported
     body = record.body
     assert body["model"] == "claude-test-model"
     assert body["max_tokens"] == 321
@@ -343,7 +357,7 @@ async def test_closing_the_generator_closes_the_provider_request_within_a_second
             if deltas == 3:
                 break
     closed_at = time.monotonic()
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
 
     (record,) = records(fake, tag)
     assert await fake.until(lambda: record.disconnected, timeout=1)
@@ -355,10 +369,13 @@ async def test_closing_the_generator_closes_the_provider_request_within_a_second
 async def test_the_connection_pool_does_not_cap_concurrent_streams(
     fake: FakeAnthropicServer, provider: AnthropicProvider
 ) -> None:
-    pool = provider.client._client._transport._pool  # type: ignore[attr-defined]
-    assert pool._max_connections >= 1_000_000  # no limit: streams are bounded by memory
+    transport = provider.client._client._transport  # type: ignore[attr-defined]
+    assert isinstance(transport, ShardedTransport)
+    for shard in transport._shards:
+        # No limit: memory bounds the number of streams.
+        assert shard._pool._max_connections >= 1_000_000  # type: ignore[attr-defined]
     tag, _ = tagged()
-    n = 1100
+    n = 1010  # past the SDK default of 1000 connections
     peak_before = fake.peak_streams
 
     async def one(i: int) -> Result:
@@ -378,13 +395,22 @@ async def test_the_api_key_never_appears_in_the_logs(
     fake: FakeAnthropicServer, provider: AnthropicProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, the SDK's and httpx2's included
-    for markers in ("", "[[status:401]]", "[[status:500]]", "[[error_after:1]]", "[[drop_after:1]]"):
+    for markers in (
+        "",
+        "[[status:401]]",
+        "[[status:500]]",
+        "[[error_after:1]]",
+        "[[drop_after:1]]",
+    ):
         await collect(provider, tagged(markers)[1])
-    unreachable = AnthropicProvider(make_settings(anthropic_base_url="http://127.0.0.1:9"), max_retries=0)
+    unreachable = AnthropicProvider(
+        make_settings(anthropic_base_url="http://127.0.0.1:9"), max_retries=0
+    )
     await collect(unreachable, "hello")
     await unreachable.aclose()
 
     assert any(r.name == "alice.ai" for r in caplog.records)
+    assert any(r.name.startswith("anthropic") for r in caplog.records)  # the SDK's debug too
     assert API_KEY not in caplog.text
     for record in caplog.records:
         assert API_KEY not in record.getMessage()
@@ -422,6 +448,24 @@ async def test_without_a_base_url_the_sdk_reads_anthropic_base_url(
     assert len(records(fake, tag)) == 1
 
 
+async def test_proxies_from_the_environment_are_honoured(
+    fake: FakeAnthropicServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake stands in for the proxy: it accepts the absolute URI a proxy is sent.
+    monkeypatch.setenv("HTTP_PROXY", fake.base_url)
+    provider = AnthropicProvider(make_settings(anthropic_base_url="http://api.anthropic.invalid"))
+    try:
+        tag, text = tagged("[[tokens:2]]")
+        result = await collect(provider, text)
+    finally:
+        await provider.aclose()
+    assert result.error is None
+    assert result.text == expected_text(2)
+    (record,) = records(fake, tag)
+    assert record.headers.get(ABSOLUTE_FORM_HEADER) == "1"
+    assert record.headers["host"] == "api.anthropic.invalid"
+
+
 async def test_create_provider_picks_anthropic_with_a_key_and_the_mock_without() -> None:
     with_key = create_provider(make_settings())
     without_key = create_provider(make_settings(anthropic_api_key=None))
@@ -451,9 +495,7 @@ async def test_the_mock_streams_a_deterministic_reply_word_by_word() -> None:
 
     assert first.events == second.events
     assert first.error is None
-    expected = (
-        "Hello! I am ALICE, running in mock mode. You said: What is the weather like?"
-    )
+    expected = "Hello! I am ALICE, running in mock mode. You said: What is the weather like?"
     assert first.text == expected == mock_reply(messages)
     assert first.deltas == [w + " " for w in expected.split()[:-1]] + ["like?"]
     assert all(d.strip() and len(d.split()) == 1 for d in first.deltas)

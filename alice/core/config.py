@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL")
     )
-    ai_model: str = "claude-sonnet-4-5"
+    ai_model: str = "claude-sonnet-5-5"
     ai_max_tokens: int = 1024
     system_prompt: str = "You are ALICE, a helpful AI assistant."
     ai_context_messages: int = 40

@@ -42,7 +42,6 @@ import contextlib
 import json
 import re
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -87,6 +86,8 @@ _REASONS = {
     504: "Gateway Timeout",
     529: "Overloaded",
 }
+# Set among a record's headers when the request line carried an absolute URI (via a proxy).
+ABSOLUTE_FORM_HEADER = "x-fake-absolute-form"
 _MARKER = re.compile(r"\[\[([a-z_]+)(?::([^\]]*))?\]\]")
 
 
@@ -324,6 +325,10 @@ class FakeAnthropicServer:
         with self._lock:
             return list(self._records)
 
+    def requests_with(self, text: str) -> list[RecordedRequest]:
+        """The records whose last user message contains `text` (tag each test's messages)."""
+        return [r for r in self.requests if text in r.last_user_text]
+
     def clear(self) -> None:
         with self._lock:
             self._records.clear()
@@ -375,6 +380,8 @@ class FakeAnthropicServer:
                 if not await self._respond(*request, reader, writer):
                     break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except ValueError:  # not HTTP: close the connection
             pass
         except asyncio.CancelledError:
             pass
@@ -545,14 +552,21 @@ class FakeAnthropicServer:
             return
         await send(
             "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
         )
         await send("ping", {"type": "ping"})
         delay = markers.delay_ms / 1000
         for i in range(markers.tokens + 1):
             if markers.error_after == i:
                 error_type = markers.error_type
-                error = {"type": error_type, "message": ERROR_EVENT_MESSAGES.get(error_type, "Error")}
+                error = {
+                    "type": error_type,
+                    "message": ERROR_EVENT_MESSAGES.get(error_type, "Error"),
+                }
                 await send("error", {"type": "error", "error": error})
                 await end_body()
                 return
@@ -647,7 +661,9 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def _write_json(writer: asyncio.StreamWriter, status: int, data: Any, headers: dict[str, str]) -> None:
+def _write_json(
+    writer: asyncio.StreamWriter, status: int, data: Any, headers: dict[str, str]
+) -> None:
     payload = json.dumps(data).encode()
     all_headers = {
         "content-type": "application/json",
@@ -667,11 +683,19 @@ async def _read_request(
         return None
     lines = head.decode("latin-1").split("\r\n")
     method, path, _version = lines[0].split(" ", 2)
+    # The absolute form, as sent to a proxy: the fake can stand in for an HTTP proxy too.
+    if path.startswith(("http://", "https://")):
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+        headers_absolute = True
+    else:
+        headers_absolute = False
     headers: dict[str, str] = {}
     for line in lines[1:]:
         if ":" in line:
             name, value = line.split(":", 1)
             headers[name.strip().lower()] = value.strip()
+    if headers_absolute:
+        headers[ABSOLUTE_FORM_HEADER] = "1"
     if "chunked" in headers.get("transfer-encoding", "").lower():
         parts = []
         while True:
@@ -726,4 +750,4 @@ def main(argv: Iterable[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -149,7 +149,9 @@ class AnthropicProvider(AIProvider):
     async def aclose(self) -> None:
         await self._client.close()
 
-    async def stream(self, system: str, messages: list[ChatTurn]) -> AsyncIterator[StreamEvent]:
+    async def stream(
+        self, system: str, messages: list[ChatTurn]
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Stream Claude's reply; see `AIProvider` for the contract."""
         params: dict[str, Any] = {
             "model": self._model,

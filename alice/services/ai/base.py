@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -52,7 +52,7 @@ class AIProvider(abc.ABC):
     name: str = "provider"
 
     @abc.abstractmethod
-    def stream(self, system: str, messages: list[ChatTurn]) -> AsyncIterator[StreamEvent]:
+    def stream(self, system: str, messages: list[ChatTurn]) -> AsyncGenerator[StreamEvent, None]:
         """Stream the reply to `messages` (starting with a user turn) under `system`."""
 
     async def aclose(self) -> None:  # noqa: B027 - a provider without resources has nothing to do

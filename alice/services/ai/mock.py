@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from alice.services.ai.base import AIProvider, ChatTurn, StreamEvent, TextDelta, Usage
@@ -45,7 +45,9 @@ class MockProvider(AIProvider):
     def __init__(self, settings: Settings) -> None:
         self._delay = max(settings.mock_token_delay_ms, 0) / 1000
 
-    async def stream(self, system: str, messages: list[ChatTurn]) -> AsyncIterator[StreamEvent]:
+    async def stream(
+        self, system: str, messages: list[ChatTurn]
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Stream the deterministic reply; see `AIProvider` for the contract."""
         input_tokens = mock_input_tokens(system, messages)
         yield Usage(input_tokens, 0)
