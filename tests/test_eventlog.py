@@ -186,6 +186,18 @@ async def test_live_follow_from_k_while_running(log: EventLog) -> None:
     assert await collect(it) == [done(8)]
 
 
+async def test_a_cancelled_wait_loses_nothing(log: EventLog) -> None:
+    """The SSE layer may wrap each wait in a timeout (keep-alive pings)."""
+    gen, entries = await started(log, 1)
+    it = log.follow(gen, 0)
+    assert await take(it, 2) == entries
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(it), 0.05)
+    log.append(gen, token(1))
+    await log.finish(gen, done(4))
+    assert await collect(it) == [token(1), done(4)]
+
+
 async def test_state(log: EventLog) -> None:
     assert await log.state(uuid.uuid4()) is None
     gen, entries = await started(log, 4)
@@ -282,7 +294,7 @@ async def test_mirror_waits_at_a_gap_then_resumes() -> None:
     mirror = GenLog(100)
     all_entries = [conversation()] + [token(i) for i in range(5)] + [done(7)]
     assert mirror.offer([all_entries[0], all_entries[1], all_entries[3]]) == 4
-    it = mirror.follow(0)
+    it = mirror.follower(0)
     assert await take(it, 2) == all_entries[:2]
     with pytest.raises(TimeoutError):
         await take(it, 1, timeout=0.2)
@@ -337,12 +349,10 @@ async def test_remote_reader_waits_before_a_deleted_entry(redis_env: RedisEnv) -
     it = b.follow(gen, 0)
     assert await take(it, 2) == entries[:2]
     a.append(gen, token(4))
-    await a.finish(gen, done(8))
+    await a.finish(gen, done(7))
     with pytest.raises(TimeoutError):
         await take(it, 1, timeout=0.6)
     await it.aclose()
-    # A cursor past the gap reads on to the end.
-    assert await collect(b.follow(gen, 3)) == entries[3:] + [token(4), done(8)]
 
 
 @needs_redis
@@ -403,19 +413,26 @@ async def test_mark_lost_from_another_process_fences_the_owner(redis_env: RedisE
     assert await a.flush(2)
     reader = asyncio.create_task(collect(b.follow(gen, 0)))
     state = await b.state(gen)
-    assert state == LogState(5, False)
-    lost = Entry(6, "error", json.dumps({"code": "GENERATION_LOST", "detail": "lost"}))
-    assert not await b.mark_lost(gen, Entry(5, "error", lost.data))  # seq taken
+    assert state == LogState(4, False)
+    lost = Entry(5, "error", json.dumps({"code": "GENERATION_LOST", "detail": "lost"}))
+    assert not await b.mark_lost(gen, Entry(4, "error", lost.data))  # seq taken
     assert await b.mark_lost(gen, lost)
-    assert not await b.mark_lost(gen, Entry(7, "error", lost.data))  # already finished
+    assert not await b.mark_lost(gen, Entry(6, "error", lost.data))  # already finished
     assert await reader == entries + [lost]
-    # The zombie owner writes on: Redis refuses its seq 6, and it stops writing.
+    assert await b.state(gen) == LogState(5, True)
+    # The zombie owner writes on: Redis refuses its seq 5, so nothing more of it is written,
+    # and its own end does not overwrite the reaper's.
+    a.append(gen, token(3))
     a.append(gen, token(4))
-    a.append(gen, token(5))
-    assert await a.flush(2)
+    await a.finish(gen, done(7))
     stored = await redis_env.raw.xrange(redis_env.key(gen, "events"))
-    assert [int(i.split("-")[1]) for i, _ in stored] == [1, 2, 3, 4, 5, 6]
-    assert stored[-1][1]["e"] == "error"
+    assert [int(i.split("-")[1]) for i, _ in stored] == [1, 2, 3, 4, 5]
+    assert stored[-1][1] == {"e": "error", "d": lost.data}
+    assert a._owned[gen].skip
+    assert await b.state(gen) == LogState(5, True)
+    assert await collect(b.follow(gen, 0)) == entries + [lost]
+    meta = await redis_env.raw.hgetall(redis_env.key(gen, "meta"))
+    assert meta["status"] == "finished" and meta["last_seq"] == "5"
     ttl = await redis_env.raw.pttl(redis_env.key(gen, "events"))
     assert 0 < ttl <= RETENTION * 1000
 
@@ -545,17 +562,84 @@ async def test_many_followers_share_one_reading_connection(redis_env: RedisEnv) 
 @needs_redis
 async def test_redis_down_owner_goes_on_locally(redis_env: RedisEnv) -> None:
     down = await redis_env.make(
-        "down", url="redis://127.0.0.1:1/0", finish_timeout=0.3, connect_timeout=0.2
+        "down",
+        url="redis://127.0.0.1:1/0",
+        finish_timeout=0.3,
+        connect_timeout=0.2,
+        retention_seconds=5.0,
     )
     assert not await down.ping()
     gen, entries = await started(down, 3)  # create does not raise
     reader = asyncio.create_task(collect(down.follow(gen, 0)))
-    await down.finish(gen, done(6))  # best effort: returns, no raise
-    assert await reader == entries + [done(6)]
-    assert await down.state(gen) == LogState(6, True)
+    await down.finish(gen, done(5))  # best effort: returns, no raise
+    assert await reader == entries + [done(5)]
+    assert await down.state(gen) == LogState(5, True)
     with pytest.raises(LogUnavailableError):
         await down.state(uuid.uuid4())
     with pytest.raises(LogUnavailableError):
         await collect(down.follow(uuid.uuid4(), 0))
     with pytest.raises(LogUnavailableError):
         await down.request_stop(uuid.uuid4(), None)
+
+
+@needs_redis
+async def test_create_retried_when_redis_was_unreachable(
+    redis_env: RedisEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    a = await redis_env.make("a")
+    b = await redis_env.make("b")
+
+    def down_pipeline(*args: object, **kwargs: object) -> None:
+        raise RedisConnectionError("down for this test")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(a._redis, "pipeline", down_pipeline)
+        gen, entries = await started(a, 2)  # the meta write fails and is queued
+    await a.finish(gen, done(4))
+    meta = await redis_env.raw.hgetall(redis_env.key(gen, "meta"))
+    assert meta["status"] == "finished" and meta["owner"] == "test-a"
+    assert await collect(b.follow(gen, 0)) == entries + [done(4)]
+
+
+@needs_redis
+async def test_a_batch_whose_reply_was_lost_is_resent_harmlessly(
+    redis_env: RedisEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    a = await redis_env.make("a")
+    b = await redis_env.make("b")
+    real_send = a._send_raw
+    lost = []
+
+    async def send_then_lose_reply(packed: bytes) -> object:
+        result = await real_send(packed)
+        if not lost:
+            lost.append(packed)
+            raise RedisConnectionError("reply lost")
+        return result
+
+    monkeypatch.setattr(a, "_send_raw", send_then_lose_reply)
+    gen, entries = await started(a, 3)
+    assert await a.flush(3)
+    assert lost  # the first batch was written, then sent again
+    assert not a._owned[gen].skip  # its refusals were recognised as its own earlier write
+    a.append(gen, token(3))
+    await a.finish(gen, done(6))
+    assert await collect(b.follow(gen, 0)) == entries + [token(3), done(6)]
+
+
+@needs_redis
+async def test_close_ends_remote_readers(redis_env: RedisEnv) -> None:
+    a = await redis_env.make("a")
+    b = await redis_env.make("b")
+    gen, entries = await started(a, 2)
+    it = b.follow(gen, 0)
+    assert await take(it, 3) == entries
+    waiting = asyncio.create_task(anext(it))
+    await asyncio.sleep(0.05)
+    await b.close()
+    with pytest.raises(KeyError):
+        await asyncio.wait_for(waiting, 2.0)

@@ -105,9 +105,9 @@ class EventLog(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Stop background tasks and release connections."""
 
-    async def flush(self, timeout: float | None = None) -> bool:
+    async def flush(self, wait_seconds: float | None = None) -> bool:
         """Wait until everything appended so far is stored; False if that did not happen in
-        ``timeout`` seconds (backend down). Nothing to do in memory."""
+        ``wait_seconds`` (backend down). Nothing to do in memory."""
         return True
 
     async def ping(self) -> bool:

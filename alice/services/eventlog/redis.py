@@ -1,27 +1,35 @@
 """Event logs in Redis Streams, shared by every process (``ALICE_REDIS_URL``).
 
-Keys, hash-tagged by generation id so that one generation's keys share a Cluster slot:
+Keys, hash-tagged by generation id (``{<gen>}``) so that one generation's keys stay together:
 
 - ``alice:gen:{<gen>}:events``: Stream, entry id ``0-<seq>``, fields ``e`` (event), ``d`` (data).
   Explicit ids fence writers: a duplicate or an out-of-order XADD is refused by Redis.
 - ``alice:gen:{<gen>}:meta``: hash ``status`` (running|finished), ``owner``, ``conversation_id``,
-  ``user_id``, ``last_seq`` (set at finish).
+  ``user_id``, ``last_seq`` (0 while running, the terminal seq once finished).
 - ``alice:gen:{<gen>}:stop``: ``{"last_index": n|null}``, a durable stop request.
 
 Every key expires: ``ttl_seconds`` while running, ``retention_seconds`` once finished. Stop
 signals go over the channel ``alice:gen:control`` (``{"stop": "<gen>", "last_index": n}``) and
-are backed by the ``…:stop`` key, polled every second for the generations owned here.
+are backed by the ``…:stop`` key, polled every second (one MGET) for the generations owned here.
 
-Per process: one writer task (pipelined XADDs, every ≤ 20 ms or 256 entries), one tailer task
-with one dedicated connection (XREAD over every followed remote generation, feeding local
-mirrors that readers wait on), one control subscriber, one poller. The owner's own copy is a
-:class:`MemoryEventLog`, so local readers of local generations never read Redis.
+Per process: one writer task (queued appends sent every ≤ 20 ms or 256 entries as ONE call of a
+batch script doing the XADDs in order, so a batch costs one round trip and one reply), one loader
+(catch-up XRANGE of newly followed remote logs, batched), one tailer with one dedicated
+connection (XREAD over every followed remote log, feeding local mirrors that readers wait on),
+one control subscriber, one poller. The owner's own copy is a :class:`MemoryEventLog`, so local
+readers of local generations never read Redis.
+
+A standalone (or Sentinel-managed) Redis: the batch script and the stop MGET span several
+generations' keys, which Redis Cluster would refuse (CROSSSLOT).
+Install ``hiredis`` for production loads: redis-py's pure-Python reply parser costs ~27 µs per
+stream entry read by the tailer, hiredis ~3 µs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -32,8 +40,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from alice.services.eventlog.base import (
     TERMINAL_EVENTS,
@@ -50,19 +58,79 @@ logger = logging.getLogger(__name__)
 # Errors that mean "Redis cannot be reached" (or answered garbage), as opposed to a refusal.
 _DOWN_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
-_XADD_REFUSED = "equal or smaller"
-
 # The reaper's terminal entry: only on a running log, only as the next id (fencing).
 _MARK_LOST_LUA = """
 local status = redis.call('HGET', KEYS[2], 'status')
 if (not status) or status == 'finished' then return 0 end
-local res = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], ARGV[1], 'e', ARGV[2], 'd', ARGV[3])
+local res = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], ARGV[1],
+                        'e', ARGV[2], 'd', ARGV[3])
 if type(res) == 'table' and res.err then return 0 end
 redis.call('HSET', KEYS[2], 'status', 'finished', 'last_seq', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
 return 1
+"""
+
+# The writer's batch: one script call per batch (≤ 256 entries), the records in queue order.
+# ARGV[1] running TTL ms, ARGV[2] retention ms, ARGV[3] MAXLEN cap, then records:
+#   'x' (or 'r': a retry), id, event, data   KEYS: events
+#       XADD with the explicit id 0-<seq>; a refusal (the id is taken: another writer) fences
+#       the key for the rest of the batch; a retry's refusal means it was written already.
+#   'f', id, seq                              KEYS: events, meta, stop
+#       the owner's end: only if its terminal entry is the stream's top and nobody finished the
+#       log first (after the reaper's mark_lost the zombie owner's end changes nothing).
+#   'm', n, field, value, ...                 KEYS: meta    (create, retried)
+# Returns {record number, error, ...} for the refused records.
+_BATCH_LUA = """
+local ttl, ret, cap = ARGV[1], ARGV[2], ARGV[3]
+local k, a, rec = 1, 4, 0
+local out, fenced = {}, {}
+while a <= #ARGV do
+  rec = rec + 1
+  local kind = ARGV[a]
+  if kind == 'x' or kind == 'r' then
+    local key = KEYS[k]
+    if not fenced[key] then
+      local r = redis.pcall('XADD', key, 'MAXLEN', '~', cap, ARGV[a+1],
+                            'e', ARGV[a+2], 'd', ARGV[a+3])
+      if type(r) == 'table' and r.err then
+        if kind == 'x' then
+          fenced[key] = true
+          out[#out+1] = rec
+          out[#out+1] = r.err
+        end
+      elseif ARGV[a+1] == '0-1' then
+        redis.call('PEXPIRE', key, ttl)
+      end
+    end
+    k = k + 1
+    a = a + 4
+  elseif kind == 'f' then
+    local events, meta, stop = KEYS[k], KEYS[k+1], KEYS[k+2]
+    if not fenced[events] then
+      local top = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
+      if #top > 0 and top[1][1] == ARGV[a+1]
+         and redis.call('HGET', meta, 'status') ~= 'finished' then
+        redis.call('HSET', meta, 'status', 'finished', 'last_seq', ARGV[a+2])
+        redis.call('PEXPIRE', events, ret)
+        redis.call('PEXPIRE', meta, ret)
+        redis.call('PEXPIRE', stop, ret)
+      end
+    end
+    k = k + 3
+    a = a + 3
+  elseif kind == 'm' then
+    local n = tonumber(ARGV[a+1])
+    redis.call('HSET', KEYS[k], unpack(ARGV, a+2, a+1+2*n))
+    redis.call('PEXPIRE', KEYS[k], ttl)
+    k = k + 1
+    a = a + 2 + 2*n
+  else
+    return redis.error_reply('bad record ' .. tostring(kind))
+  end
+end
+return out
 """
 
 _X, _META, _FIN, _FLUSH = 0, 1, 2, 3
@@ -96,25 +164,37 @@ class _Op:
 class _Owned:
     """Redis-side bookkeeping of a generation owned by this process."""
 
-    __slots__ = ("expire_set", "skip")
+    __slots__ = ("skip", "events", "fin_keys")
 
-    def __init__(self) -> None:
-        self.expire_set = False  # the events key got its running TTL
+    def __init__(self, events: bytes, fin_keys: bytes) -> None:
         self.skip = False  # fenced (another writer) or dropped: stop sending its entries
+        self.events = events  # packed key of the stream
+        self.fin_keys = fin_keys  # packed keys of the finish record (events, meta, stop)
 
 
 class _Mirror:
     """Local copy of a remote generation, fed by the catch-up XRANGE and the tailer."""
 
-    __slots__ = ("gen", "key", "meta_key", "log", "readers", "ready", "read_from", "tailing")
+    __slots__ = (
+        "gen",
+        "key",
+        "packed_key",
+        "meta_key",
+        "log",
+        "readers",
+        "ready",
+        "read_from",
+        "tailing",
+    )
 
     def __init__(self, gen: uuid.UUID, key: str, meta_key: str, cap: int) -> None:
         self.gen = gen
         self.key = key
+        self.packed_key = _bulk(key.encode())
         self.meta_key = meta_key
         self.log = GenLog(cap)
         self.readers = 0
-        self.ready: asyncio.Task[None] | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.read_from = 0  # highest stream seq seen (the XREAD cursor)
         self.tailing = False
 
@@ -149,9 +229,7 @@ class _RemoteFollower:
             raise StopAsyncIteration
         try:
             if self._inner is None:
-                ready = self._mirror.ready
-                if ready is not None:
-                    await asyncio.shield(ready)
+                await asyncio.shield(self._mirror.ready)
                 self._inner = self._mirror.log.follower(self._after, self._mirror.gen)
             return await self._inner.__anext__()
         except asyncio.CancelledError:
@@ -168,6 +246,37 @@ class _RemoteFollower:
             self._release()
         except Exception:  # noqa: S110 - never raise from a finalizer
             pass
+
+
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string (commands are packed here: redis-py's generic packing costs more
+    than the rest of a token's trip through the log)."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _pack(parts: list[bytes]) -> bytes:
+    return b"*%d\r\n%s" % (len(parts), b"".join(parts))
+
+
+_XREAD_HEAD = [_bulk(b"XREAD"), _bulk(b"COUNT")]
+_BULK_X, _BULK_R, _BULK_F, _BULK_M = (_bulk(k) for k in (b"x", b"r", b"f", b"m"))
+
+
+def _parse_raw_entries(items: Any) -> list[Entry]:
+    """Entries of a raw RESP2 XREAD reply: ``[[id, [field, value, ...]], ...]``."""
+    out: list[Entry] = []
+    for entry_id, fields in items or ():
+        ms, _, seq = str(entry_id).partition("-")
+        if ms != "0" or not seq.isdigit():
+            continue
+        event = data = ""
+        for i in range(0, len(fields or ()) - 1, 2):
+            if fields[i] == "e":
+                event = fields[i + 1]
+            elif fields[i] == "d":
+                data = fields[i + 1]
+        out.append(Entry(int(seq), event, data))
+    return out
 
 
 def _parse_entries(items: Any) -> list[Entry]:
@@ -203,10 +312,12 @@ class RedisEventLog(EventLog):
         vanish_check_interval: float = 5.0,
         tail_block_ms: int = 250,
         tail_count: int = 512,
+        tail_interval: float = 0.02,
         finish_timeout: float = 2.0,
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
         max_pending: int = 500_000,
+        pool_size: int = 16,
     ) -> None:
         super().__init__(
             retention_seconds=retention_seconds, max_events=max_events, ttl_seconds=ttl_seconds
@@ -223,27 +334,39 @@ class RedisEventLog(EventLog):
         self._vanish_check_interval = vanish_check_interval
         self._tail_block_ms = tail_block_ms
         self._tail_count = tail_count
+        self._tail_interval = tail_interval
         self._finish_timeout = finish_timeout
         self._max_pending = max_pending
 
-        self._redis: Redis = Redis.from_url(
-            url,
-            decode_responses=True,
-            client_name=client_name,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            health_check_interval=30,
+        # Shared commands (writer, loader, poller, pub/sub, state, stop): a bounded pool where a
+        # burst waits for a connection instead of opening one per request.
+        self._redis: Redis = Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                url,
+                max_connections=pool_size,
+                timeout=socket_timeout,
+                decode_responses=True,
+                protocol=2,  # the reply shapes parsed here
+                client_name=client_name,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                health_check_interval=30,
+            )
         )
         # The tailer's one connection: its socket timeout must outlast XREAD BLOCK.
         self._tail_redis: Redis = Redis.from_url(
             url,
             decode_responses=True,
+            protocol=2,
             client_name=tailer_client_name,
             socket_timeout=socket_timeout + tail_block_ms / 1000,
             socket_connect_timeout=connect_timeout,
             max_connections=1,
         )
         self._mark_lost_script = self._redis.register_script(_MARK_LOST_LUA)
+        self._batch_sha = _bulk(
+            hashlib.sha1(_BATCH_LUA.encode(), usedforsecurity=False).hexdigest().encode()
+        )
 
         self._local = MemoryEventLog(
             retention_seconds=retention_seconds,
@@ -258,8 +381,11 @@ class RedisEventLog(EventLog):
         self._wake = asyncio.Event()  # something queued
         self._full = asyncio.Event()  # a batch is full, or a flush is awaited
         self._tail_wake = asyncio.Event()  # a mirror started tailing
+        self._to_load: deque[_Mirror] = deque()  # followed remote logs awaiting catch-up
+        self._load_wake = asyncio.Event()
         self._poll_now = asyncio.Event()  # check the stop keys now (after a resubscribe)
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self._last_warn: dict[str, float] = {}
         self.writer_ok = True
         self.control_ok = False
@@ -274,6 +400,12 @@ class RedisEventLog(EventLog):
         if now - self._last_warn.get(what, -1e9) >= 10.0:
             self._last_warn[what] = now
             logger.log(level, msg, *args)
+
+    def _owned_keys(self, gen_id: uuid.UUID) -> _Owned:
+        events, meta, stop = (
+            _bulk(self._key(gen_id, part).encode()) for part in ("events", "meta", "stop")
+        )
+        return _Owned(events, events + meta + stop)
 
     def _on_local_drop(self, gen_id: uuid.UUID) -> None:
         self._owned.pop(gen_id, None)
@@ -292,6 +424,7 @@ class RedisEventLog(EventLog):
         self._tasks = [
             asyncio.create_task(self._writer_loop(), name="eventlog-writer"),
             asyncio.create_task(self._tail_loop(), name="eventlog-tailer"),
+            asyncio.create_task(self._loader_loop(), name="eventlog-loader"),
             asyncio.create_task(self._control_loop(), name="eventlog-control"),
             asyncio.create_task(self._poll_loop(), name="eventlog-stop-poll"),
         ]
@@ -299,16 +432,19 @@ class RedisEventLog(EventLog):
     async def close(self) -> None:
         if self._tasks and self._queue:
             await self.flush(self._finish_timeout)
+        self._closing = True
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for mirror in self._mirrors.values():
-            if mirror.ready is not None:
-                mirror.ready.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=2.0)
+            for task in pending:
+                logger.warning("event log: task %s did not stop", task.get_name())
+        for mirror in list(self._mirrors.values()):
+            # Readers of remote replies end (KeyError) instead of waiting for ever.
+            self._forget_mirror(mirror, LogUnavailableError("event log closed"))
             mirror.tailing = False
+            mirror.log.mark_gone()
         await self._local.close()
         for client in (self._tail_redis, self._redis):
             with contextlib.suppress(Exception):
@@ -320,12 +456,12 @@ class RedisEventLog(EventLog):
         except _DOWN_ERRORS:
             return False
 
-    async def flush(self, timeout: float | None = None) -> bool:
+    async def flush(self, wait_seconds: float | None = None) -> bool:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(_Op(_FLUSH, None, fut=fut))
         self._full.set()
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            await asyncio.wait_for(asyncio.shield(fut), wait_seconds)
         except TimeoutError:
             return False
         return True
@@ -334,7 +470,7 @@ class RedisEventLog(EventLog):
 
     async def create(self, gen_id: uuid.UUID, meta: dict[str, str]) -> None:
         await self._local.create(gen_id, meta)
-        self._owned[gen_id] = _Owned()
+        self._owned[gen_id] = self._owned_keys(gen_id)
         mapping = {"owner": self.owner_id, **meta, "status": "running", "last_seq": "0"}
         try:
             pipe = self._redis.pipeline(transaction=False)
@@ -399,10 +535,10 @@ class RedisEventLog(EventLog):
         queue = self._queue
         while queue and xadds < self._flush_batch:
             op = queue.popleft()
-            if op.gen is not None:
+            if op.gen is not None and op.kind != _META:
                 owned = self._owned.get(op.gen)
-                if owned is None or (owned.skip and op.kind != _META):
-                    op.resolve()  # dropped after retention, or fenced: nothing to write
+                if owned is not None and owned.skip:
+                    op.resolve()  # fenced (another writer) or over the queue limit
                     continue
             if op.kind == _X:
                 xadds += 1
@@ -410,63 +546,87 @@ class RedisEventLog(EventLog):
         return ops
 
     async def _write_batch(self, ops: list[_Op]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        tags: list[_Op | None] = []
-        expiring: set[uuid.UUID] = set()
+        keys: list[bytes] = []
+        args: list[bytes] = [
+            _bulk(b"%d" % self._ttl_ms),
+            _bulk(b"%d" % self._retention_ms),
+            _bulk(b"%d" % self._cap),
+        ]
+        nkeys = 0
+        records: list[_Op] = []
         for op in ops:
             gen = op.gen
-            if op.kind == _X and gen is not None and op.entry is not None:
-                events = self._key(gen, "events")
-                pipe.xadd(
-                    events,
-                    {"e": op.entry.event, "d": op.entry.data},
-                    id=f"0-{op.entry.seq}",
-                    maxlen=self._cap,
-                    approximate=True,
+            if gen is None:
+                continue
+            owned = self._owned.get(gen) or self._owned_keys(gen)
+            entry = op.entry
+            if op.kind == _X and entry is not None:
+                keys.append(owned.events)
+                nkeys += 1
+                data = entry.data.encode()
+                args += (
+                    _BULK_R if op.retried else _BULK_X,
+                    _bulk(b"0-%d" % entry.seq),
+                    _bulk(entry.event.encode()),
+                    b"$%d\r\n%s\r\n" % (len(data), data),
                 )
-                tags.append(op)
-                owned = self._owned.get(gen)
-                if owned is not None and not owned.expire_set and gen not in expiring:
-                    expiring.add(gen)
-                    pipe.pexpire(events, self._ttl_ms)
-                    tags.append(None)
-            elif op.kind == _META and gen is not None and op.meta is not None:
-                pipe.hset(self._key(gen, "meta"), mapping=op.meta)
-                pipe.pexpire(self._key(gen, "meta"), self._ttl_ms)
-                tags.extend((None, None))
-            elif op.kind == _FIN and gen is not None and op.entry is not None:
-                meta = self._key(gen, "meta")
-                pipe.hset(meta, mapping={"status": "finished", "last_seq": str(op.entry.seq)})
-                for part in ("events", "meta", "stop"):
-                    pipe.pexpire(self._key(gen, part), self._retention_ms)
-                tags.extend((None, None, None, None))
-        results = await pipe.execute(raise_on_error=False) if tags else []
-        for op, result in zip(tags, results, strict=False):
-            if not isinstance(result, Exception):
+            elif op.kind == _FIN and entry is not None:
+                keys.append(owned.fin_keys)
+                nkeys += 3
+                args += (_BULK_F, _bulk(b"0-%d" % entry.seq), _bulk(b"%d" % entry.seq))
+            elif op.kind == _META and op.meta is not None:
+                keys.append(_bulk(self._key(gen, "meta").encode()))
+                nkeys += 1
+                args += (_BULK_M, _bulk(b"%d" % len(op.meta)))
+                for field, value in op.meta.items():
+                    args += (_bulk(field.encode()), _bulk(str(value).encode()))
+            else:
                 continue
-            if op is None or op.gen is None or op.entry is None:
-                self._warn("cmd", "event log: Redis refused a command: %s", result)
-                continue
-            if isinstance(result, ResponseError) and _XADD_REFUSED in str(result) and op.retried:
-                continue  # written by the attempt that lost its connection
-            owned = self._owned.get(op.gen)
-            if owned is not None:
-                owned.skip = True
+            records.append(op)
+        if not records:
+            return
+        head = [_bulk(b"EVALSHA"), self._batch_sha, _bulk(b"%d" % nkeys)]
+        packed = b"*%d\r\n%s%s%s" % (
+            3 + nkeys + len(args),
+            b"".join(head),
+            b"".join(keys),
+            b"".join(args),
+        )
+        refused = await self._send_raw(packed)
+        for i in range(0, len(refused or ()) - 1, 2):
+            op = records[int(refused[i]) - 1]
+            fenced = self._owned.get(op.gen) if op.gen is not None else None
+            if fenced is not None:
+                fenced.skip = True
             logger.warning(
                 "event log: Redis refused seq %s of generation %s (%s); another writer holds "
                 "this log, no more of it is written",
-                op.entry.seq,
+                op.entry.seq if op.entry is not None else "?",
                 op.gen,
-                result,
+                refused[i + 1],
             )
-        for gen in expiring:
-            owned = self._owned.get(gen)
-            if owned is not None:
-                owned.expire_set = True
+
+    async def _send_raw(self, packed: bytes) -> Any:
+        """Send one packed EVALSHA of the batch script on a pooled connection; load the script
+        when Redis does not know it (NOSCRIPT: nothing ran) and send again."""
+        pool = self._redis.connection_pool
+        for attempt in (1, 2):
+            conn = await pool.get_connection()
+            try:
+                await conn.send_packed_command(packed, check_health=False)
+                return await conn.read_response()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+            finally:
+                await pool.release(conn)
+            await self._redis.script_load(_BATCH_LUA)
+        return None
 
     async def _writer_loop(self) -> None:
         backoff = 0.05
-        while True:
+        refusals = 0  # consecutive batches refused by Redis (not connection errors)
+        while not self._closing:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
@@ -484,6 +644,13 @@ class RedisEventLog(EventLog):
                 self._queue.extendleft(reversed(ops))
                 raise
             except _DOWN_ERRORS as exc:
+                refusals = refusals + 1 if isinstance(exc, ResponseError) else 0
+                if refusals >= 3:  # refused, not unreachable: retrying would not help
+                    logger.error("event log: Redis refused a write batch (%s); dropped", exc)
+                    refusals = 0
+                    for op in ops:
+                        op.resolve()
+                    continue
                 for op in ops:
                     op.retried = True
                 self._queue.extendleft(reversed(ops))
@@ -496,6 +663,7 @@ class RedisEventLog(EventLog):
                 logger.info("event log: Redis writes resumed")
             self.writer_ok = True
             backoff = 0.05
+            refusals = 0
             for op in ops:
                 op.resolve()
 
@@ -534,48 +702,64 @@ class RedisEventLog(EventLog):
                 gen_id, self._key(gen_id, "events"), self._key(gen_id, "meta"), self.max_events
             )
             self._mirrors[gen_id] = mirror
-            mirror.ready = asyncio.create_task(self._load_mirror(mirror))
+            self._to_load.append(mirror)
+            self._load_wake.set()
         return _RemoteFollower(self, mirror, after)
 
     def _drop_mirror(self, mirror: _Mirror) -> None:
         mirror.tailing = False
         if self._mirrors.get(mirror.gen) is mirror:
             del self._mirrors[mirror.gen]
-        if mirror.ready is not None and not mirror.ready.done():
+        if not mirror.ready.done():
             mirror.ready.cancel()
 
-    async def _load_mirror(self, mirror: _Mirror) -> None:
-        """Catch up with XRANGE (on the shared pool), then hand the key to the tailer."""
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.exists(mirror.meta_key)
-            pipe.xrange(mirror.key, "-", "+", count=self._cap + 1)
-            exists, items = await pipe.execute()
-            if not exists:
-                raise KeyError(mirror.gen)
-            entries = _parse_entries(items)
-            while True:
-                mirror.read_from = max(mirror.read_from, mirror.log.offer(entries))
-                if len(entries) <= self._cap or mirror.log.finished:
-                    break
-                items = await self._redis.xrange(
-                    mirror.key, f"(0-{mirror.read_from}", "+", count=self._cap + 1
-                )
-                entries = _parse_entries(items)
-                if not entries:
-                    break
-        except _DOWN_ERRORS as exc:
-            if self._mirrors.get(mirror.gen) is mirror:
-                del self._mirrors[mirror.gen]
-            raise LogUnavailableError(str(exc)) from exc
-        except KeyError:
-            if self._mirrors.get(mirror.gen) is mirror:
-                del self._mirrors[mirror.gen]
-            raise
-        self._check_gap(mirror)
-        if not mirror.log.finished and self._mirrors.get(mirror.gen) is mirror:
-            mirror.tailing = True
-            self._tail_wake.set()
+    def _forget_mirror(self, mirror: _Mirror, exc: BaseException) -> None:
+        if self._mirrors.get(mirror.gen) is mirror:
+            del self._mirrors[mirror.gen]
+        if not mirror.ready.done():
+            mirror.ready.set_exception(exc)
+
+    async def _loader_loop(self) -> None:
+        """Catch-up of newly followed remote logs: one pipeline (EXISTS meta + XRANGE) for
+        every log waiting, on one pooled connection; then the tailer takes them over."""
+        while not self._closing:
+            if not self._to_load:
+                self._load_wake.clear()
+                await self._load_wake.wait()
+                continue
+            batch: list[_Mirror] = []
+            while self._to_load and len(batch) < 256:
+                mirror = self._to_load.popleft()
+                if not mirror.ready.done():
+                    batch.append(mirror)
+            if not batch:
+                continue
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for mirror in batch:
+                    pipe.exists(mirror.meta_key)
+                    pipe.xrange(mirror.key, "-", "+", count=self._cap + 1)
+                results = await pipe.execute()
+            except _DOWN_ERRORS as exc:
+                self._warn("load", "event log: Redis read failed (%s)", exc)
+                for mirror in batch:
+                    self._forget_mirror(mirror, LogUnavailableError(str(exc)))
+                continue
+            for i, mirror in enumerate(batch):
+                exists, items = results[2 * i], results[2 * i + 1]
+                if mirror.ready.done():
+                    continue  # every reader left meanwhile
+                if not exists:
+                    self._forget_mirror(mirror, KeyError(mirror.gen))
+                    continue
+                highest = mirror.log.offer(_parse_entries(items))
+                mirror.read_from = max(mirror.read_from, highest)
+                if not mirror.log.finished:
+                    # The rest (if the range was capped) comes with the tailer's next XREAD.
+                    mirror.tailing = True
+                    self._tail_wake.set()
+                    self._check_gap(mirror)
+                mirror.ready.set_result(None)
 
     def _check_gap(self, mirror: _Mirror) -> None:
         if mirror.read_from > mirror.log.last_seq and not mirror.log.finished:
@@ -589,36 +773,59 @@ class RedisEventLog(EventLog):
             )
 
     async def _tail_loop(self) -> None:
+        """One XREAD over every followed remote log, on the tailer's one connection."""
+        pool = self._tail_redis.connection_pool
+        conn = None
+        head = _XREAD_HEAD + [
+            _bulk(b"%d" % self._tail_count),
+            _bulk(b"BLOCK"),
+            _bulk(b"%d" % self._tail_block_ms),
+            _bulk(b"STREAMS"),
+        ]
         backoff = 0.1
-        while True:
-            tailing = {m.key: m for m in self._mirrors.values() if m.tailing}
-            if not tailing:
-                self._tail_wake.clear()
-                await self._tail_wake.wait()
-                continue
-            streams = {key: f"0-{m.read_from}" for key, m in tailing.items()}
-            try:
-                response = await self._tail_redis.xread(
-                    streams, count=self._tail_count, block=self._tail_block_ms
-                )
-            except _DOWN_ERRORS as exc:
-                self._warn("tail", "event log: Redis read failed (%s); retrying", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.1
-            if isinstance(response, dict):
-                response = list(response.items())
-            for key, items in response or ():
-                mirror = tailing.get(key)
-                if mirror is None:
+        try:
+            while not self._closing:
+                tailing = {m.key: m for m in self._mirrors.values() if m.tailing}
+                if not tailing:
+                    self._tail_wake.clear()
+                    await self._tail_wake.wait()
                     continue
-                highest = mirror.log.offer(_parse_entries(items))
-                mirror.read_from = max(mirror.read_from, highest)
-                if mirror.log.finished:
-                    mirror.tailing = False
-                else:
-                    self._check_gap(mirror)
+                mirrors = tailing.values()
+                parts = head + [m.packed_key for m in mirrors]
+                parts += [_bulk(b"0-%d" % m.read_from) for m in mirrors]
+                started = time.monotonic()
+                try:
+                    if conn is None:
+                        conn = await pool.get_connection()
+                    await conn.send_packed_command(_pack(parts), check_health=False)
+                    response = await conn.read_response()
+                except _DOWN_ERRORS as exc:
+                    self._warn("tail", "event log: Redis read failed (%s); retrying", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.1
+                for key, items in response or ():
+                    mirror = tailing.get(key)
+                    if mirror is None:
+                        continue
+                    highest = mirror.log.offer(_parse_raw_entries(items))
+                    mirror.read_from = max(mirror.read_from, highest)
+                    if mirror.log.finished:
+                        mirror.tailing = False
+                    else:
+                        self._check_gap(mirror)
+                if response:
+                    # Entries keep coming: let the next ones gather (like the writer's 20 ms)
+                    # rather than spin one XREAD over every followed key per new entry.
+                    pause = self._tail_interval - (time.monotonic() - started)
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect()
+                    await pool.release(conn)
 
     # -- stop ----------------------------------------------------------------------------------
 
@@ -654,7 +861,7 @@ class RedisEventLog(EventLog):
 
     async def _control_loop(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.control_channel)
@@ -662,10 +869,8 @@ class RedisEventLog(EventLog):
                     self.control_ok = True
                     self._poll_now.set()  # messages may have been lost meanwhile
                 backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=1.0
-                    )
+                while not self._closing:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._on_control(message.get("data"))
             except _DOWN_ERRORS as exc:
@@ -686,7 +891,7 @@ class RedisEventLog(EventLog):
         """Every second: the stop keys of the running generations owned here (one pipeline);
         every few seconds: whether the remote logs being tailed still exist."""
         next_vanish_check = time.monotonic() + self._vanish_check_interval
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poll_now.wait(), self._stop_poll_interval)
             self._poll_now.clear()
@@ -702,10 +907,8 @@ class RedisEventLog(EventLog):
         gens = self._local.stoppable_ids()
         if not gens:
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for gen in gens:
-            pipe.get(self._key(gen, "stop"))
-        for gen, raw in zip(gens, await pipe.execute(), strict=True):
+        values = await self._redis.mget([self._key(gen, "stop") for gen in gens])
+        for gen, raw in zip(gens, values, strict=True):
             if raw is None:
                 continue
             try:
