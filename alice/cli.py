@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from alice.core.config import get_settings
-from alice.core.logging import configure_logging
+from alice.core.logging import configure_logging, logging_config
+from alice.core.metrics import MULTIPROC_ENV
+from alice.core.middleware import http_protocol
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,17 +44,43 @@ def main(argv: list[str] | None = None) -> None:
     raise_open_file_limit()
     # The secret must exist before the workers start, so that they all sign with one key.
     settings.signing_key()
-    uvicorn.run(
-        "alice.main:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        workers=args.workers,
-        proxy_headers=False,  # trusted proxies are handled in the app (ALICE_FORWARDED_ALLOW_IPS)
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-    )
+    metrics_dir = _multiprocess_metrics_dir() if args.workers > 1 else None
+    try:
+        uvicorn.run(
+            "alice.main:create_app",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            workers=args.workers,
+            # trusted proxies are handled in the app (ALICE_FORWARDED_ALLOW_IPS)
+            proxy_headers=False,
+            access_log=False,
+            # Applied by uvicorn in this process and again in each worker it spawns.
+            log_config=logging_config(settings.log_format),
+            # httptools, with the request head (line and headers) bounded before the app.
+            http=http_protocol(),
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _multiprocess_metrics_dir() -> Path | None:
+    """Several workers share one socket, so a scrape reaches any one of them: they keep their
+    metrics in prometheus_client's multiprocess directory, which every worker sums on /metrics.
+    An operator's PROMETHEUS_MULTIPROC_DIR is used (emptied of an earlier run's files, as the
+    library asks); else a private one is made, and removed when the server stops (returned)."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return None
+    made = tempfile.mkdtemp(prefix="alice-metrics-")
+    os.environ[MULTIPROC_ENV] = made  # inherited by the workers uvicorn spawns
+    return Path(made)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         ttl_seconds=settings.generation_max_seconds + settings.stream_retention_seconds,
     )
     provider = create_provider(settings)
+    if hasattr(provider, "on_error"):
+        provider.on_error = metrics.ai_error
     return Services(
         settings=settings,
         engine=engine,

@@ -9,11 +9,19 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from alice.core.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+CONNECT_TIMEOUT_SECONDS = 2
+COMMAND_TIMEOUT_SECONDS = 10
+POOL_TIMEOUT_SECONDS = 3
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -24,17 +32,24 @@ def create_engine(settings: Settings) -> AsyncEngine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
-        connect_args: dict[str, Any] = {"timeout": 5, "command_timeout": 10}
+        # A database that cannot be reached costs a request at most the pool timeout plus the
+        # connect timeout (5 s), then 503 DATABASE_UNAVAILABLE: no hang, even past the pool.
+        connect_args: dict[str, Any] = {
+            "timeout": CONNECT_TIMEOUT_SECONDS,
+            "command_timeout": COMMAND_TIMEOUT_SECONDS,
+        }
         if settings.database_schema:
             connect_args["server_settings"] = {"search_path": settings.database_schema}
         kwargs.update(
             pool_size=settings.database_pool_size,
             max_overflow=0,
-            pool_timeout=5,
+            pool_timeout=POOL_TIMEOUT_SECONDS,
             pool_pre_ping=True,
             connect_args=connect_args,
         )
-    engine = create_async_engine(url, **kwargs)
+    # Errors are logged: their text must never carry a statement's values (password hashes,
+    # token hashes, message text).
+    engine = create_async_engine(url, hide_parameters=True, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

@@ -1,10 +1,34 @@
-"""Prometheus metrics of SPEC section 8, one registry per application instance."""
+"""Prometheus metrics of SPEC section 8.
+
+One process: a registry per application instance. Several worker processes (`alice serve
+--workers N` sets PROMETHEUS_MULTIPROC_DIR): prometheus_client's multiprocess mode, where every
+worker writes its values to memory-mapped files in that directory and a scrape, whichever
+worker answers it, sums the files of all of them. Counters and histograms add up over the
+workers (those of a worker that has exited included); the gauges count live workers only.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import atexit
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from alice.services.generation import Metrics as GenerationMetrics
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_mode() -> bool:
+    """Whether this process writes its metrics to the shared multiprocess directory."""
+    return bool(os.environ.get(MULTIPROC_ENV))
 
 
 class Metrics(GenerationMetrics):
@@ -12,15 +36,25 @@ class Metrics(GenerationMetrics):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "alice_http_requests_total", "HTTP requests by route and status",
-            ["method", "route", "status"], registry=r,
+            "alice_http_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "alice_http_request_duration_seconds", "HTTP request latency by route",
-            ["method", "route"], registry=r,
+            "alice_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["method", "route"],
+            registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.open_streams = Gauge("alice_open_streams", "SSE streams open", registry=r)
+        self.multiprocess = multiprocess_mode()
+        if self.multiprocess:
+            # A worker's gauges leave the sum when it exits (its live files are removed).
+            atexit.register(multiprocess.mark_process_dead, os.getpid())
+        self.open_streams = Gauge(
+            "alice_open_streams", "SSE streams open", registry=r, multiprocess_mode="livesum"
+        )
         self.tokens_streamed = Counter(
             "alice_tokens_streamed_total", "token events sent to clients", registry=r
         )
@@ -31,7 +65,10 @@ class Metrics(GenerationMetrics):
             "alice_rate_limit_refusals_total", "requests refused by a rate limit", registry=r
         )
         self.replies_running = Gauge(
-            "alice_generations_running", "replies this process generates", registry=r
+            "alice_generations_running",
+            "replies being generated",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.replies_finished = Counter(
             "alice_generations_finished_total", "replies ended, by status", ["status"], registry=r
@@ -44,7 +81,8 @@ class Metrics(GenerationMetrics):
         )
         self.unattended_tokens = Counter(
             "alice_generation_unattended_tokens_total",
-            "text deltas generated while no reader was attached", registry=r,
+            "text deltas generated while no reader was attached",
+            registry=r,
         )
         self.ai_errors = Counter(
             "alice_ai_errors_total", "AI provider failures by cause", ["cause"], registry=r
@@ -82,5 +120,12 @@ class Metrics(GenerationMetrics):
     def reaped(self) -> None:
         self.replies_reaped.inc()
 
+    def ai_error(self, cause: str) -> None:
+        self.ai_errors.labels(cause).inc()
+
     def render(self) -> bytes:
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -18,6 +18,10 @@ from alice.core.config import Settings
 log = logging.getLogger("alice.ratelimit")
 
 _WARN_EVERY_SECONDS = 10.0
+# After a failure the storage is left alone this long (requests are served without limits at
+# once) before one request tries it again: a Redis that swallows packets costs one request
+# a timeout per interval, not every request.
+RETRY_STORAGE_AFTER_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +48,11 @@ class RateLimiter:
         self.shared = settings.redis_url is not None
         storage: Storage
         if settings.redis_url:
-            uri = "async+" + settings.redis_url if "+" not in settings.redis_url else settings.redis_url
+            uri = (
+                "async+" + settings.redis_url
+                if "+" not in settings.redis_url
+                else settings.redis_url
+            )
             storage = RedisStorage(
                 uri,
                 implementation="redispy",
@@ -59,6 +67,7 @@ class RateLimiter:
         self._strategy = MovingWindowRateLimiter(storage)
         self.storage_ok = True
         self._last_warning = 0.0
+        self._skip_until = 0.0
 
     @staticmethod
     def parse(limit: str) -> RateLimitItem:
@@ -68,6 +77,8 @@ class RateLimiter:
         """Count one request; None when limits are off or the storage cannot be reached."""
         if not self.enabled:
             return None
+        if self._skip_until and time.monotonic() < self._skip_until:
+            return None  # failed moments ago: fail open without waiting on it again
         try:
             allowed = await self._strategy.hit(item, *key)
             stats = await self._strategy.get_window_stats(item, *key)
@@ -75,6 +86,7 @@ class RateLimiter:
             self._storage_failed(exc)
             return None
         self.storage_ok = True
+        self._skip_until = 0.0
         return RateLimitResult(allowed, item.amount, stats.remaining, stats.reset_time)
 
     async def ping(self) -> bool:
@@ -83,6 +95,8 @@ class RateLimiter:
         except (StorageError, OSError, TimeoutError):
             ok = False
         self.storage_ok = ok
+        if ok:
+            self._skip_until = 0.0
         return ok
 
     async def reset(self) -> None:
@@ -91,6 +105,7 @@ class RateLimiter:
     def _storage_failed(self, exc: BaseException) -> None:
         self.storage_ok = False
         now = time.monotonic()
+        self._skip_until = now + RETRY_STORAGE_AFTER_SECONDS
         if now - self._last_warning >= _WARN_EVERY_SECONDS:
             self._last_warning = now
             log.warning("rate-limit storage unreachable, serving without limits: %r", exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -122,7 +122,17 @@ class AnthropicProvider(AIProvider):
 
     name = "anthropic"
 
-    def __init__(self, settings: Settings, *, max_retries: int = anthropic.DEFAULT_MAX_RETRIES):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_retries: int = anthropic.DEFAULT_MAX_RETRIES,
+        on_error: Callable[[str], None] | None = None,
+    ):
+        # Called with the cause of each failed request (the `type` logged: an API error type
+        # such as "overloaded_error", or "timeout", "connection_error", "truncated_stream",
+        # "unknown"): the metrics' alice_ai_errors_total{cause}.
+        self.on_error = on_error
         if settings.anthropic_api_key is None:
             raise ValueError("AnthropicProvider needs ANTHROPIC_API_KEY")
         self._api_key = settings.anthropic_api_key.get_secret_value()
@@ -220,6 +230,11 @@ class AnthropicProvider(AIProvider):
         elif isinstance(exc, _TruncatedStreamError):
             status = 200
             error_type = "truncated_stream"
+        if self.on_error is not None:
+            try:
+                self.on_error(error_type or "unknown")
+            except Exception:  # noqa: BLE001 - counting must never change the failure
+                log.debug("on_error callback failed", exc_info=True)
         known = isinstance(exc, anthropic.APIError | httpx2.HTTPError | _TruncatedStreamError)
         message = self._redact(str(exc))[:_MAX_LOGGED_MESSAGE]
         log.warning(
