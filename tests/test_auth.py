@@ -104,7 +104,7 @@ async def test_register_invalid_email_rejected(client, email):
     assert body["errors"][0]["field"] == "body.email"
 
 
-@pytest.mark.parametrize("name", ["   ", "x" * 101, ""])
+@pytest.mark.parametrize("name", ["   ", "x" * 101, "", "\u200b\u200b"])
 async def test_register_invalid_display_name_rejected(client, name):
     body = assert_error(
         await register(client, "dn@example.com", display_name=name), 422, "VALIDATION_ERROR"

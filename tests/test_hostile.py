@@ -481,11 +481,6 @@ async def test_nfc_and_nfd_forms_of_an_email_are_one_account(client):
     assert (await login(client, NFC_EMAIL)).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="login compares the email as sent (lower-cased) with the NFC form stored at "
-    "registration; fix in alice/schemas/auth.py LoginRequest (normalise as _email does)",
-)
 async def test_login_with_the_nfd_form_of_the_email(client):
     assert (await register(client, NFC_EMAIL)).status_code == 201
     assert (await login(client, NFD_EMAIL)).status_code == 200

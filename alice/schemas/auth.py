@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+import unicodedata
 from typing import Annotated, Literal
 
 from email_validator import EmailNotValidError, validate_email
@@ -29,6 +30,15 @@ def _email(value: str) -> str:
     return normalized
 
 
+def _login_email(value: str) -> str:
+    # Normalised as registration stores it (so an NFD spelling finds its account); what does
+    # not parse as an address is only lower-cased, and the login fails as any wrong one does.
+    try:
+        return _email(value)
+    except ValueError:
+        return value.strip().lower()
+
+
 def _password(value: str) -> str:
     # Counted in code points, never trimmed or normalised: verified exactly as received.
     if not PASSWORD_MIN <= len(value) <= PASSWORD_MAX:
@@ -48,6 +58,8 @@ def _display_name(value: str) -> str:
         raise ValueError("must be 1 to 100 characters after trimming")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError("must not contain control characters")
+    if not any(unicodedata.category(c)[0] not in "CZ" for c in value):
+        raise ValueError("must contain a visible character")
     return value
 
 
@@ -65,8 +77,8 @@ class UserCreate(BaseModel):
 class LoginRequest(BaseModel):
     # Login does not apply the password rules: a wrong password is AUTHENTICATION_FAILED,
     # not a validation error that would tell what the rules are for the account.
-    email: Annotated[str, StringConstraints(max_length=EMAIL_MAX)] = Field(
-        examples=["ada@example.com"]
+    email: Annotated[str, StringConstraints(max_length=EMAIL_MAX), AfterValidator(_login_email)] = (
+        Field(examples=["ada@example.com"])
     )
     password: Annotated[str, StringConstraints(max_length=PASSWORD_MAX)] = Field(
         examples=["SecurePass123"]
