@@ -151,3 +151,55 @@ async def eventually(predicate, timeout: float = 5.0, interval: float = 0.02) ->
         if loop.time() >= until:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def background_stream(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str],
+    json_body: Any = None,
+    params: dict[str, str] | None = None,
+) -> tuple[Stream, asyncio.Task[Stream]]:
+    """Read an SSE response in a background task. Its events land in the returned Stream as
+    they arrive (`status` is 0 until the response starts); await the task for the end."""
+    out = Stream(0, httpx.Headers())
+
+    async def run() -> Stream:
+        kwargs: dict[str, Any] = {"headers": headers}
+        if json_body is not None:
+            kwargs["json"] = json_body
+        if params:
+            kwargs["params"] = params
+        async with aconnect_sse(client, method, url, **kwargs) as source:
+            out.headers = source.response.headers
+            out.status = source.response.status_code
+            if out.status != 200:
+                await source.response.aread()
+                out.body = source.response.json() if source.response.content else None
+                return out
+            async for event in source.aiter_sse():
+                out.events.append(event)
+        return out
+
+    return out, asyncio.create_task(run())
+
+
+def background_send(
+    client: httpx.AsyncClient,
+    token: str,
+    content: str,
+    conversation_id: uuid.UUID | str | None = None,
+) -> tuple[Stream, asyncio.Task[Stream]]:
+    """`send`, read in the background (see `background_stream`)."""
+    body: dict[str, Any] = {"content": content}
+    if conversation_id is not None:
+        body["conversation_id"] = str(conversation_id)
+    return background_stream(
+        client,
+        "POST",
+        f"{CHAT}/message",
+        headers={"Authorization": f"Bearer {token}"},
+        json_body=body,
+    )

@@ -9,6 +9,8 @@ from contextlib import suppress
 from typing import NamedTuple
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Message as ASGIMessage
+from starlette.types import Receive, Scope, Send
 
 from alice.models import Message
 from alice.services.chat import message_response
@@ -21,6 +23,27 @@ _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class ReplyCursor(NamedTuple):
     message_id: uuid.UUID
     seq: int
+
+
+class _EventStream(EventSourceResponse):
+    """An EventSourceResponse that always ends its body. At server shutdown sse-starlette
+    cancels its tasks and returns without the last (empty) body message: the client saw a cut
+    chunked body and uvicorn logged an error for every open stream. Ending it here closes the
+    stream cleanly, without a terminal event, so that the client re-attaches elsewhere."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ended = False
+
+        async def tracking_send(message: ASGIMessage) -> None:
+            nonlocal ended
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                ended = True
+            await send(message)
+
+        await super().__call__(scope, receive, tracking_send)
+        if not ended:
+            with suppress(Exception):  # the client may be gone already
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _frame(message_id: str, seq: int, event: str, data: str, first: bool) -> bytes:
@@ -66,7 +89,7 @@ def reply_stream(
             if not ended and on_client_left is not None:
                 on_client_left(message_id)
 
-    return EventSourceResponse(
+    return _EventStream(
         events(),
         headers=_HEADERS,
         ping=services.settings.sse_ping_seconds,
@@ -82,5 +105,4 @@ def snapshot_stream(services: Services, message: Message) -> EventSourceResponse
     async def events() -> AsyncIterator[bytes]:
         yield _frame(str(message.id), message.event_seq or 1, "snapshot", data, True)
 
-    return EventSourceResponse(events(), headers=_HEADERS, ping=0, sep="\n")
-
+    return _EventStream(events(), headers=_HEADERS, ping=0, sep="\n")

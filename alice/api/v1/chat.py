@@ -90,7 +90,9 @@ async def send_message(
         cursor = parse_cursor(last_event_id, "header.Last-Event-ID")
         reply = await services.chat.find_reply(user.id, cursor.message_id)
         if reply is not None:
-            return await _reattach(services, reply.conversation_id, cursor, reply)
+            return await _reattach(
+                services, reply.conversation_id, cursor, reply, "header.Last-Event-ID"
+            )
     start = await services.chat.begin_reply(user.id, body.content, body.conversation_id)
     await services.generations.start(
         message_id=start.message_id,
@@ -166,10 +168,11 @@ async def reattach(
 ) -> Response:
     """Re-attach to the conversation's newest reply, or to the one the cursor names: replay
     exactly the events after the cursor, then follow live to the terminal event."""
+    field = "header.Last-Event-ID" if last_event_id else "query.after"
     if last_event_id:
-        cursor = parse_cursor(last_event_id, "header.Last-Event-ID")
+        cursor = parse_cursor(last_event_id, field)
     elif after:
-        cursor = parse_cursor(after, "query.after")
+        cursor = parse_cursor(after, field)
     else:
         cursor = None
     if cursor is None:
@@ -181,11 +184,11 @@ async def reattach(
         await services.chat.get_conversation(user.id, conversation_id)
         reply = await services.chat.get_message(cursor.message_id)
         if reply is not None and reply.conversation_id != conversation_id:
-            raise ValidationFailedError("header.Last-Event-ID", "The event id is not this conversation's.")
-    return await _reattach(services, conversation_id, cursor, reply)
+            raise ValidationFailedError(field, "The event id is not this conversation's.")
+    return await _reattach(services, conversation_id, cursor, reply, field)
 
 
-async def _reattach(services, conversation_id, cursor: ReplyCursor, reply) -> Response:  # type: ignore[no-untyped-def]
+async def _reattach(services, conversation_id, cursor: ReplyCursor, reply, field: str) -> Response:  # type: ignore[no-untyped-def]
     """Serve a re-attach once the reply is known to be the caller's (or known to be none)."""
     if reply is None:
         # The cursor names no stored reply: a reply deleted for having no text counts as none;
@@ -196,9 +199,9 @@ async def _reattach(services, conversation_id, cursor: ReplyCursor, reply) -> Re
             known = False
         if known or cursor.seq == 0:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
-        raise ValidationFailedError("header.Last-Event-ID", "The event id names no reply.")
+        raise ValidationFailedError(field, "The event id names no reply.")
     if reply.role != "assistant":
-        raise ValidationFailedError("header.Last-Event-ID", "The event id names no reply.")
+        raise ValidationFailedError(field, "The event id names no reply.")
     try:
         state = await services.event_log.state(cursor.message_id)
     except LogUnavailableError:
