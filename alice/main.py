@@ -45,6 +45,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         retention_seconds=settings.stream_retention_seconds,
         max_events=settings.ai_max_tokens + 16,
         ttl_seconds=settings.generation_max_seconds + settings.stream_retention_seconds,
+        key_prefix=f"{settings.redis_prefix}:gen:",
     )
     provider = create_provider(settings)
     if hasattr(provider, "on_error"):
@@ -98,7 +99,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(ops.router)
 
-    @app.get("/metrics", include_in_schema=True, tags=["operations"])
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics_endpoint() -> Response:
         """Prometheus text format."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -34,18 +34,6 @@ async def app(settings):
 
 # --- schemathesis ------------------------------------------------------------------------------
 
-# Documentation gaps in files outside this suite, each named with its fix; the check named is
-# left out for that operation only, so the fuzzer still drives it with every other check.
-# test_openapi_documents_event_streams_and_metrics_text fails (strict xfail) once they are fixed.
-KNOWN_DOC_GAPS: dict[tuple[str, str], str] = {
-    # alice/api/v1/chat.py _SSE_DOC documents the stream as {"type": "string"}; OpenAPI 3.1
-    # reads the `schema` of text/event-stream as the schema of ONE event ({event, data, id,
-    # retry}), so every event "violates" it.
-    ("POST", "/api/v1/chat/message"): "response_schema_conformance",
-    ("GET", "/api/v1/chat/conversations/{conversation_id}/stream"): "response_schema_conformance",
-    # alice/main.py's /metrics documents no content type for its text/plain answer.
-    ("GET", "/metrics"): "content_type_conformance",
-}
 FUZZ_EXAMPLES = 40
 
 
@@ -108,9 +96,6 @@ def test_schemathesis_finds_no_5xx_and_no_response_off_its_schema(settings):
             if operation.path == f"{AUTH}/logout":
                 continue  # it would end the token's session for every operation after it
             excluded = [checks.positive_data_acceptance]  # rules beyond JSON Schema: see below
-            gap = KNOWN_DOC_GAPS.get((method, operation.path))
-            if gap:
-                excluded.append(getattr(checks, gap))
             try:
                 fuzz_operation(operation, headers, excluded)
             except BaseException as exc:  # noqa: BLE001 - schemathesis raises a FailureGroup
@@ -127,10 +112,6 @@ def test_schemathesis_finds_no_5xx_and_no_response_off_its_schema(settings):
     # which the other checks still hold to its documented shape.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="alice/api/v1/chat.py _SSE_DOC and alice/main.py /metrics: see KNOWN_DOC_GAPS",
-)
 async def test_openapi_documents_event_streams_and_metrics_text(client):
     spec = (await client.get("/openapi.json")).json()
     streams = (

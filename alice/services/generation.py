@@ -86,6 +86,7 @@ class Metrics:
     def reply_finished(self, status: str) -> None: ...
     def tokens(self, n: int, attended: bool) -> None: ...
     def reaped(self) -> None: ...
+    def ai_error(self, cause: str) -> None: ...
 
 
 class GenerationRegistry:
@@ -257,6 +258,7 @@ class GenerationRegistry:
                     log.warning("reply %s hit the time limit", mid)
                 else:
                     outcome = Outcome.AI_FAILED
+                    self._metrics.ai_error("idle_timeout")
                     log.warning("reply %s: no provider event for %ss", mid, idle)
             except AIServiceUnavailableError:
                 outcome = Outcome.AI_FAILED

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -37,10 +37,22 @@ STOP_WAIT_SECONDS = 5.0
 
 _AUTHED = (ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_TOKEN, ErrorCode.ACCOUNT_DISABLED,
            ErrorCode.RATE_LIMIT_EXCEEDED)
-_SSE_DOC = {
+_SSE_EVENT = {
+    "type": "object",
+    "description": "One Server-Sent Event (OpenAPI 3.1 reads a text/event-stream schema "
+    "as the schema of one event).",
+    "required": ["event", "data", "id"],
+    "properties": {
+        "event": {"enum": ["conversation", "token", "done", "error", "snapshot"]},
+        "id": {"type": "string", "pattern": "^[0-9a-f-]{36}:[0-9]+$"},
+        "retry": {"type": "integer"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+_SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A `text/event-stream` of `conversation`, `token`, then `done` or `error`.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
     }
 }
 _LAST_EVENT_ID = Annotated[

@@ -30,6 +30,7 @@ def make_event_log(
     retention_seconds: float,
     max_events: int,
     ttl_seconds: float,
+    key_prefix: str = "alice:gen:",
 ) -> EventLog:
     """A :class:`RedisEventLog` when ``redis_url`` is set, else a :class:`MemoryEventLog`.
     Call ``await log.start()`` before use and ``await log.close()`` at shutdown."""
@@ -41,6 +42,7 @@ def make_event_log(
             retention_seconds=retention_seconds,
             max_events=max_events,
             ttl_seconds=ttl_seconds,
+            key_prefix=key_prefix,
         )
     return MemoryEventLog(
         retention_seconds=retention_seconds, max_events=max_events, ttl_seconds=ttl_seconds
