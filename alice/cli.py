@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             log_config=logging_config(settings.log_format),
             # httptools, with the request head (line and headers) bounded before the app.
             http=http_protocol(),
-            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 10,
         )
     finally:
         if metrics_dir is not None:

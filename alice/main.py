@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST
+from sse_starlette.sse import AppStatus
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from alice.api import errors, ops
@@ -33,6 +36,22 @@ def raise_open_file_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def shutdown_requested() -> bool:
+    """SIGTERM or SIGINT reached uvicorn (as sse-starlette detects it, for its streams)."""
+    if AppStatus.should_exit:
+        return True
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return bool(getattr(server, "should_exit", False))
+
+
+async def _start_shutdown_at_sigterm(services: Services) -> None:
+    # uvicorn runs the lifespan's shutdown only once every connection has closed; the grace
+    # of running replies has to start at the signal itself.
+    while not shutdown_requested():
+        await asyncio.sleep(0.25)
+    services.generations.begin_shutdown(services.settings.shutdown_grace_seconds)
 
 
 def build_services(settings: Settings, metrics: Metrics) -> Services:
@@ -79,9 +98,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.generations.start_background(sweep_all=settings.redis_url is None)
         except Exception:  # noqa: BLE001 - a database down at start must not stop the process
             logging.getLogger("alice").warning("start-up reaper failed", exc_info=True)
+        watcher = asyncio.create_task(_start_shutdown_at_sigterm(services), name="alice-sigterm")
         try:
             yield
         finally:
+            watcher.cancel()
             await services.generations.shutdown(settings.shutdown_grace_seconds)
             await services.event_log.close()
             await services.provider.aclose()

@@ -68,12 +68,19 @@ def reply_stream(
     closed without a terminal event after `max_seconds` (the client re-attaches)."""
     log = services.event_log
     metrics = services.metrics
+    generations = services.generations
     mid = str(message_id)
+    # At shutdown a stream of a reply this process generates stays open until the reply ends
+    # (SERVER_SHUTTING_DOWN at the latest); one of a reply generated elsewhere closes at once,
+    # without a terminal event, and its client re-attaches to another process.
+    local = generations.is_local(message_id)
+    grace = services.settings.shutdown_grace_seconds + 5 if local else 0
 
     async def events() -> AsyncIterator[bytes]:
         first = True
         ended = False
         metrics.stream_opened(reattach)
+        generations.reader_joined(message_id)
         try:
             with suppress(TimeoutError, KeyError):
                 async with asyncio.timeout(max_seconds):
@@ -86,6 +93,7 @@ def reply_stream(
                             ended = True
         finally:
             metrics.stream_closed()
+            generations.reader_left(message_id)
             if not ended and on_client_left is not None:
                 on_client_left(message_id)
 
@@ -95,6 +103,7 @@ def reply_stream(
         ping=services.settings.sse_ping_seconds,
         sep="\n",
         ping_message_factory=_ping,
+        shutdown_grace_period=grace,
     )
 
 

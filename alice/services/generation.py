@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -97,7 +96,6 @@ class GenerationRegistry:
         provider: AIProvider,
         event_log: EventLog,
         metrics: Metrics | None = None,
-        reader_count: Callable[[uuid.UUID], int] | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -108,7 +106,8 @@ class GenerationRegistry:
         self._reaper: asyncio.Task[None] | None = None
         self._pg = not settings.is_sqlite
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.reader_count = reader_count or (lambda _id: 1)
+        self._readers: dict[uuid.UUID, int] = {}
+        self._shutdown: asyncio.Task[None] | None = None
         event_log.set_stop_handler(self._on_stop)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -119,8 +118,22 @@ class GenerationRegistry:
         await self.reap(stale_only=not sweep_all)
         self._reaper = asyncio.create_task(self._reap_forever(), name="alice-reaper")
 
+    def begin_shutdown(self, grace: float) -> asyncio.Task[None]:
+        """Start the shutdown once (at SIGTERM); later calls return the same task."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.create_task(self._shut_down(grace), name="alice-shutdown")
+        return self._shutdown
+
     async def shutdown(self, grace: float) -> None:
-        """Let running replies go on for `grace` seconds, then end each as `incomplete`."""
+        """Let running replies go on for `grace` seconds, then end each as `incomplete`
+        and tell their readers SERVER_SHUTTING_DOWN."""
+        await asyncio.shield(self.begin_shutdown(grace))
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown is not None
+
+    async def _shut_down(self, grace: float) -> None:
         if self._reaper:
             self._reaper.cancel()
             with suppress(asyncio.CancelledError):
@@ -140,6 +153,16 @@ class GenerationRegistry:
 
     def is_local(self, message_id: uuid.UUID) -> bool:
         return message_id in self._runs
+
+    def reader_joined(self, message_id: uuid.UUID) -> None:
+        self._readers[message_id] = self._readers.get(message_id, 0) + 1
+
+    def reader_left(self, message_id: uuid.UUID) -> None:
+        left = self._readers.get(message_id, 0) - 1
+        if left > 0:
+            self._readers[message_id] = left
+        else:
+            self._readers.pop(message_id, None)
 
     # --- starting and stopping -------------------------------------------------------------
 
@@ -248,7 +271,7 @@ class GenerationRegistry:
                                     dumps({"content": event.text, "index": index}),
                                 ),
                             )
-                            self._metrics.tokens(1, self.reader_count(mid) > 0)
+                            self._metrics.tokens(1, mid in self._readers)
                         elif type(event) is Usage:
                             run.input_tokens = event.input_tokens
                             run.output_tokens = event.output_tokens
