@@ -26,9 +26,9 @@ from alice.core.security import PasswordHashing, TokenCodec
 from alice.services.ai.base import create_provider
 from alice.services.auth import AuthService
 from alice.services.chat import ChatService
+from alice.services.container import Services
 from alice.services.eventlog import make_event_log
 from alice.services.generation import GenerationRegistry
-from alice.services.container import Services
 
 
 def raise_open_file_limit() -> None:
@@ -49,7 +49,7 @@ def shutdown_requested() -> bool:
 async def _start_shutdown_at_sigterm(services: Services) -> None:
     # uvicorn runs the lifespan's shutdown only once every connection has closed; the grace
     # of running replies has to start at the signal itself.
-    while not shutdown_requested():
+    while not shutdown_requested():  # noqa: ASYNC110 - a flag set by a signal handler
         await asyncio.sleep(0.25)
     services.generations.begin_shutdown(services.settings.shutdown_grace_seconds)
 
@@ -135,8 +135,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origin_list,
             allow_methods=["*"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After", "X-RateLimit-Limit",
-                            "X-RateLimit-Remaining", "X-RateLimit-Reset"],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+            ],
         )
     app.add_middleware(EdgeMiddleware, on_response=metrics.observe_request)
     if settings.forwarded_allow_list:

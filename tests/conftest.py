@@ -57,9 +57,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_settings(
-    backend: str, tmp_path: Path, sqlite_template: Path
-) -> Callable[..., Settings]:
+def make_settings(backend: str, tmp_path: Path, sqlite_template: Path) -> Callable[..., Settings]:
     """Settings for this test's backend, with overrides; every call shares one database."""
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     base: dict[str, Any] = {**TEST_SETTINGS, "data_dir": tmp_path / "data"}
@@ -80,9 +78,7 @@ def make_settings(
 
 
 @pytest.fixture
-async def settings(
-    make_settings: Callable[..., Settings], backend: str
-) -> AsyncIterator[Settings]:
+async def settings(make_settings: Callable[..., Settings], backend: str) -> AsyncIterator[Settings]:
     s = make_settings()
     if backend == "postgres":
         await _create_schema(s)

@@ -136,10 +136,14 @@ async def test_login_unknown_email_and_wrong_password_answer_the_same(client, us
         f"{AUTH}/login", json={"email": "nobody@example.com", "password": PASSWORD}
     )
     assert wrong.status_code == unknown.status_code == 401
-    assert wrong.json() == unknown.json() == {
-        "detail": "Incorrect email or password.",
-        "code": "AUTHENTICATION_FAILED",
-    }
+    assert (
+        wrong.json()
+        == unknown.json()
+        == {
+            "detail": "Incorrect email or password.",
+            "code": "AUTHENTICATION_FAILED",
+        }
+    )
 
 
 async def test_unknown_email_still_runs_a_password_verify(app, client, monkeypatch):
@@ -482,6 +486,8 @@ async def test_rate_limit_disabled_setting(make_settings, backend, settings):
     app = create_app(make_settings(rate_limit_enabled=False))
     async with LifespanManager(app), client_for(app) as client:
         for _ in range(8):
-            resp = await client.post(f"{AUTH}/login", json={"email": "a@example.com", "password": "x"})
+            resp = await client.post(
+                f"{AUTH}/login", json={"email": "a@example.com", "password": "x"}
+            )
             assert resp.status_code == 401
             assert "x-ratelimit-limit" not in resp.headers

@@ -21,7 +21,9 @@ async def seed_conversations(app, user_id: uuid.UUID, count: int, same_time_ever
     for i in range(count):
         at = base + timedelta(seconds=i // same_time_every)
         convs.append(
-            Conversation(id=uuid.uuid4(), user_id=user_id, title=f"c{i}", created_at=at, updated_at=at)
+            Conversation(
+                id=uuid.uuid4(), user_id=user_id, title=f"c{i}", created_at=at, updated_at=at
+            )
         )
     async with app.state.services.sessions() as s, s.begin():
         s.add_all(convs)
@@ -68,9 +70,13 @@ async def test_message_walk_with_equal_timestamps(app, client, user):
     at = datetime(2026, 2, 2, tzinfo=UTC)
     msgs = [
         Message(
-            id=uuid.uuid4(), conversation_id=conv.id, role="user" if i % 2 == 0 else "assistant",
-            content=f"m{i}", status="complete", token_count=0, created_at=at + timedelta(
-                microseconds=i // 4)
+            id=uuid.uuid4(),
+            conversation_id=conv.id,
+            role="user" if i % 2 == 0 else "assistant",
+            content=f"m{i}",
+            status="complete",
+            token_count=0,
+            created_at=at + timedelta(microseconds=i // 4),
         )
         for i in range(13)
     ]
@@ -126,7 +132,10 @@ async def test_someone_elses_conversation_is_404_on_every_route(app, client, use
     missing = await client.get(f"{CHAT}/conversations/{uuid.uuid4()}/messages", headers=h)
     for resp in [*answers, missing]:
         assert resp.status_code == 404, resp.text
-        assert resp.json() == {"detail": "Conversation not found.", "code": "CONVERSATION_NOT_FOUND"}
+        assert resp.json() == {
+            "detail": "Conversation not found.",
+            "code": "CONVERSATION_NOT_FOUND",
+        }
     # And nothing happened to it.
     resp = await client.get(f"{CHAT}/conversations", headers=other.headers)
     assert [c["title"] for c in resp.json()["items"]] == ["c0"]
@@ -147,9 +156,7 @@ async def test_chat_routes_require_a_token(client):
         assert resp.status_code == 401 and resp.json()["code"] == "UNAUTHORIZED"
 
 
-@pytest.mark.parametrize(
-    "content", ["", "   \n\t ", "x" * 32_001, None, 5]
-)
+@pytest.mark.parametrize("content", ["", "   \n\t ", "x" * 32_001, None, 5])
 async def test_invalid_content_is_422_and_stores_nothing(app, client, user, content):
     resp = await client.post(f"{CHAT}/message", json={"content": content}, headers=user.headers)
     assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "body.content"
@@ -196,7 +203,8 @@ async def test_new_message_moves_conversation_to_the_top(client, user):
     assert [c["title"] for c in convs] == ["second", "first"]
     first_id = convs[1]["id"]
     again = await client.post(
-        f"{CHAT}/message", json={"content": "more", "conversation_id": first_id},
+        f"{CHAT}/message",
+        json={"content": "more", "conversation_id": first_id},
         headers=user.headers,
     )
     assert again.status_code == 200

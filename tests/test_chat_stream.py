@@ -131,7 +131,9 @@ async def test_provider_hanging_past_max_time_ends_with_time_limit(
             s = await send(client, user.access_token, "[[hang]]")
             assert s.names == ["conversation", "error"]
             assert json.loads(s.terminal.data)["code"] == "GENERATION_TIME_LIMIT"
-            assert [m["role"] for m in await messages(client, user.access_token, s.conversation_id)] == ["user"]
+            assert [
+                m["role"] for m in await messages(client, user.access_token, s.conversation_id)
+            ] == ["user"]
             slow = await send(client, user.access_token, "[[tokens:100]] [[delay:100]]")
             assert slow.terminal.event == "error"
             assert json.loads(slow.terminal.data)["code"] == "GENERATION_TIME_LIMIT"
@@ -159,9 +161,7 @@ async def test_provider_silent_past_ai_timeout_keeps_partial(settings, ai_settin
 async def test_client_disconnect_reply_runs_to_its_end(live, fake_anthropic):
     user = await live.user()
     async with live.client() as client:
-        s = await send(
-            client, user.access_token, "[[tokens:30]] [[delay:20]]", stop_after_tokens=3
-        )
+        s = await send(client, user.access_token, "[[tokens:30]] [[delay:20]]", stop_after_tokens=3)
         assert len(s.tokens) == 3
     record = fake_anthropic.requests[-1]
     assert await asyncio.to_thread(fake_anthropic.wait_for, lambda: record.finished, 5)
@@ -204,9 +204,7 @@ async def test_client_disconnect_with_stop_mode_closes_provider_within_a_second(
     assert row.content.startswith(expected_text(3)) and len(row.content) >= len(expected_text(3))
 
 
-async def test_ten_simultaneous_messages_one_stream_nine_409(
-    settings, ai_settings, fake_anthropic
-):
+async def test_ten_simultaneous_messages_one_stream_nine_409(settings, ai_settings, fake_anthropic):
     s2 = settings.model_copy(update={**ai_settings, "rate_limit_enabled": False})
     async with serve(s2) as (app, url):
         user = await app.state.services.auth.register("c@example.com", "SecurePass123", None)
@@ -216,7 +214,10 @@ async def test_ten_simultaneous_messages_one_stream_nine_409(
             first = await send(client, user.access_token, "first")
             cid = first.conversation_id
             results = await asyncio.gather(
-                *(send(client, user.access_token, "[[tokens:5]] [[delay:20]]", cid) for _ in range(10))
+                *(
+                    send(client, user.access_token, "[[tokens:5]] [[delay:20]]", cid)
+                    for _ in range(10)
+                )
             )
         statuses = sorted(r.status for r in results)
         assert statuses == [200] + [409] * 9
@@ -227,9 +228,9 @@ async def test_ten_simultaneous_messages_one_stream_nine_409(
                 assert r.terminal.event == "done"
         async with app.state.services.sessions() as session:
             count = await session.scalar(
-                select(func.count()).select_from(Message).where(
-                    Message.conversation_id == cid, Message.role == "user"
-                )
+                select(func.count())
+                .select_from(Message)
+                .where(Message.conversation_id == cid, Message.role == "user")
             )
     assert count == 2
 
@@ -237,9 +238,7 @@ async def test_ten_simultaneous_messages_one_stream_nine_409(
 async def test_message_to_running_conversation_is_409_and_new_message_moves_updated_at(live):
     user = await live.user()
     async with live.client() as client:
-        s = await send(
-            client, user.access_token, "[[tokens:50]] [[delay:20]]", stop_after_tokens=1
-        )
+        s = await send(client, user.access_token, "[[tokens:50]] [[delay:20]]", stop_after_tokens=1)
         busy = await client.post(
             f"{CHAT}/message",
             json={"content": "more", "conversation_id": str(s.conversation_id)},

@@ -162,8 +162,19 @@ async def test_openapi_documents_every_route_and_its_error_codes(client):
         ("/api/v1/auth/me", "get"): {"200", "401", "403", "429"},
         ("/api/v1/chat/message", "post"): {"200", "401", "404", "409", "413", "422", "429"},
         ("/api/v1/chat/conversations", "get"): {"200", "401", "422", "429"},
-        ("/api/v1/chat/conversations/{conversation_id}/messages", "get"): {"200", "401", "404", "422"},
-        ("/api/v1/chat/conversations/{conversation_id}/stream", "get"): {"200", "204", "404", "422", "503"},
+        ("/api/v1/chat/conversations/{conversation_id}/messages", "get"): {
+            "200",
+            "401",
+            "404",
+            "422",
+        },
+        ("/api/v1/chat/conversations/{conversation_id}/stream", "get"): {
+            "200",
+            "204",
+            "404",
+            "422",
+            "503",
+        },
         ("/api/v1/chat/conversations/{conversation_id}/stop", "post"): {"200", "202", "204", "404"},
         ("/api/v1/chat/conversations/{conversation_id}", "patch"): {"200", "404", "422"},
         ("/api/v1/chat/conversations/{conversation_id}", "delete"): {"204", "404"},
@@ -174,12 +185,12 @@ async def test_openapi_documents_every_route_and_its_error_codes(client):
         documented = set(paths[path][method]["responses"])
         assert statuses <= documented, (path, method, statuses - documented)
     # Each documented error status names its codes as examples in the spec's error shape.
-    for path, methods in paths.items():
-        for method, op in methods.items():
+    for methods in paths.values():
+        for op in methods.values():
             for status, response in op["responses"].items():
                 if status.startswith(("4", "5")) and status != "422" or status == "401":
-                    examples = response.get("content", {}).get("application/json", {}).get(
-                        "examples", {}
+                    examples = (
+                        response.get("content", {}).get("application/json", {}).get("examples", {})
                     )
                     if not examples:
                         continue
@@ -198,7 +209,9 @@ async def test_metrics_are_prometheus_text(client, user):
     resp = await client.get("/metrics")
     assert resp.status_code == 200
     text = resp.text
-    assert 'alice_http_requests_total{method="GET",route="/api/v1/auth/me",status="200"} 1.0' in text
+    assert (
+        'alice_http_requests_total{method="GET",route="/api/v1/auth/me",status="200"} 1.0' in text
+    )
     for name in (
         "alice_http_request_duration_seconds_bucket",
         "alice_open_streams",

@@ -29,7 +29,9 @@ def free_port() -> int:
 
 def readme_session() -> str:
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- session:start -->\s*```sh\n(.*?)```\s*<!-- session:end -->", text, re.S)
+    block = re.search(
+        r"<!-- session:start -->\s*```sh\n(.*?)```\s*<!-- session:end -->", text, re.S
+    )
     assert block, "README lost its curl session block"
     return block.group(1)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -52,7 +52,7 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def rate_limit(name: str, limit: str, per: Literal["ip", "user"]) -> object:
+def rate_limit(name: str, limit: str, per: Literal["ip", "user"]) -> Any:
     """A dependency counting each request against `limit` for its client IP or user."""
     item = RateLimiter.parse(limit)
 

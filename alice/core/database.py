@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -73,3 +73,8 @@ async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterato
     """One short transaction: committed on success, rolled back on error, connection returned."""
     async with factory() as session, session.begin():
         yield session
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched (the conditional updates decide races with it)."""
+    return cast(CursorResult[Any], result).rowcount

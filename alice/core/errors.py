@@ -157,7 +157,5 @@ def responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
             },
         )
         entry["description"] = " / ".join(filter(None, [entry["description"], code.value]))
-        entry["content"]["application/json"]["examples"][code.value] = {
-            "value": error_body(code)
-        }
+        entry["content"]["application/json"]["examples"][code.value] = {"value": error_body(code)}
     return out

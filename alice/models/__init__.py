@@ -4,4 +4,12 @@ from alice.models.message import Message, MessageRole, MessageStatus
 from alice.models.refresh_token import RefreshToken
 from alice.models.user import User
 
-__all__ = ["Base", "Conversation", "Message", "MessageRole", "MessageStatus", "RefreshToken", "User"]
+__all__ = [
+    "Base",
+    "Conversation",
+    "Message",
+    "MessageRole",
+    "MessageStatus",
+    "RefreshToken",
+    "User",
+]

@@ -18,6 +18,4 @@ class Conversation(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (
-        Index("ix_conversations_user_updated", "user_id", "updated_at", "id"),
-    )
+    __table_args__ = (Index("ix_conversations_user_updated", "user_id", "updated_at", "id"),)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import datetime
-import unicodedata
 from typing import Annotated, Literal
 
 from email_validator import EmailNotValidError, validate_email

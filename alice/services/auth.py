@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alice.core.config import Settings
-from alice.core.database import transaction
+from alice.core.database import rowcount, transaction
 from alice.core.errors import (
     AccountDisabledError,
     AuthenticationFailedError,
@@ -24,8 +24,14 @@ from alice.models import RefreshToken, User
 
 log = logging.getLogger("alice.auth")
 
-_USER_COLUMNS = (User.id, User.email, User.display_name, User.is_active, User.token_version,
-                 User.created_at)
+_USER_COLUMNS = (
+    User.id,
+    User.email,
+    User.display_name,
+    User.is_active,
+    User.token_version,
+    User.created_at,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,7 @@ class AuthService:
                 )
                 .values(rotated_at=now, revoked_at=now)
             )
-            if won.rowcount == 1:
+            if rowcount(won) == 1:
                 row = (
                     await session.execute(
                         select(RefreshToken).where(RefreshToken.token_hash == token_hash)
@@ -169,7 +175,7 @@ class AuthService:
                 "refresh token reuse detected: family revoked user_id=%s family_id=%s tokens=%s",
                 row.user_id,
                 row.family_id,
-                revoked.rowcount,
+                rowcount(revoked),
             )
 
     async def logout(self, user_id: uuid.UUID) -> None:
@@ -183,9 +189,7 @@ class AuthService:
                 .values(revoked_at=now)
             )
             await session.execute(
-                update(User)
-                .where(User.id == user_id)
-                .values(token_version=User.token_version + 1)
+                update(User).where(User.id == user_id).values(token_version=User.token_version + 1)
             )
         log.info("logout user_id=%s", user_id)
 

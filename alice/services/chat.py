@@ -55,13 +55,13 @@ class ReplyStart:
 
 
 class ChatService:
-    def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], context_messages: int
-    ) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], context_messages: int) -> None:
         self._sessions = sessions
         self._context_messages = context_messages
 
-    async def get_conversation(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> Conversation:
+    async def get_conversation(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID
+    ) -> Conversation:
         """The user's conversation; someone else's is a 404 exactly as a missing one."""
         async with self._sessions() as session:
             conv = await self._owned(session, user_id, conversation_id)
@@ -136,9 +136,7 @@ class ChatService:
                 )
             ).scalar()
 
-    async def newest_reply(
-        self, user_id: uuid.UUID, conversation_id: uuid.UUID
-    ) -> Message | None:
+    async def newest_reply(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> Message | None:
         async with self._sessions() as session:
             await self._owned(session, user_id, conversation_id)
             return (
@@ -200,7 +198,9 @@ class ChatService:
                         raise GenerationInProgressError()
                     history = await self._history(session, conv.id)
                     await session.execute(
-                        update(Conversation).where(Conversation.id == conv.id).values(updated_at=now)
+                        update(Conversation)
+                        .where(Conversation.id == conv.id)
+                        .values(updated_at=now)
                     )
                     is_new = False
                 session.add_all(

@@ -25,7 +25,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alice.core.config import Settings
-from alice.core.database import transaction
+from alice.core.database import rowcount, transaction
 from alice.core.errors import DEFAULT_DETAIL, AIServiceUnavailableError, ErrorCode
 from alice.core.security import utcnow
 from alice.models import Message, MessageStatus
@@ -217,13 +217,13 @@ class GenerationRegistry:
         if run is not None:
             self._interrupt(run, Outcome.DISCONNECTED, None)
 
-    async def wait(self, message_id: uuid.UUID, timeout: float) -> bool:
+    async def wait(self, message_id: uuid.UUID, wait_seconds: float) -> bool:
         """Wait for a local reply to end; True when it has (or is not running here)."""
         run = self._runs.get(message_id)
         if run is None:
             return True
         with suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait_seconds):
                 await run.done.wait()
         return run.done.is_set()
 
@@ -386,7 +386,7 @@ class GenerationRegistry:
                                 heartbeat_at=None,
                             )
                         )
-                return bool(result.rowcount)
+                return bool(rowcount(result))
             except Exception:  # noqa: BLE001 - retried, then reported to the readers
                 log.warning("saving reply %s failed (attempt %d)", mid, attempt + 1, exc_info=True)
                 await asyncio.sleep(0.2 * 2**attempt)
@@ -402,13 +402,15 @@ class GenerationRegistry:
                 async with transaction(self._sessions) as session:
                     result = await session.execute(
                         update(Message)
-                        .where(Message.id == run.message_id, Message.status == MessageStatus.STREAMING)
+                        .where(
+                            Message.id == run.message_id, Message.status == MessageStatus.STREAMING
+                        )
                         .values(content=text, event_seq=seq, heartbeat_at=self._now())
                     )
             except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
                 log.warning("heartbeat of reply %s failed", run.message_id, exc_info=True)
                 continue
-            if result.rowcount == 0 and not run.finalizing:
+            if rowcount(result) == 0 and not run.finalizing:
                 log.warning("reply %s was ended elsewhere; abandoning it", run.message_id)
                 if run.stop is None and run.task is not None:
                     run.stop = (Outcome.ABANDONED, None)
@@ -481,4 +483,3 @@ async def _aclose(stream: Any) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
-

@@ -19,8 +19,12 @@ router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _COMMON = (ErrorCode.VALIDATION_ERROR, ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.PAYLOAD_TOO_LARGE)
-_AUTHED = (ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_TOKEN, ErrorCode.ACCOUNT_DISABLED,
-           ErrorCode.RATE_LIMIT_EXCEEDED)
+_AUTHED = (
+    ErrorCode.UNAUTHORIZED,
+    ErrorCode.INVALID_TOKEN,
+    ErrorCode.ACCOUNT_DISABLED,
+    ErrorCode.RATE_LIMIT_EXCEEDED,
+)
 
 
 def _tokens(pair: TokenPair, response: Response) -> TokenResponse:

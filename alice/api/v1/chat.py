@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse
 
 from alice.api.deps import CurrentUser, ServicesDep, rate_limit
@@ -35,8 +35,12 @@ router = APIRouter(prefix="/api/v1/chat", tags=["chat"])
 
 STOP_WAIT_SECONDS = 5.0
 
-_AUTHED = (ErrorCode.UNAUTHORIZED, ErrorCode.INVALID_TOKEN, ErrorCode.ACCOUNT_DISABLED,
-           ErrorCode.RATE_LIMIT_EXCEEDED)
+_AUTHED = (
+    ErrorCode.UNAUTHORIZED,
+    ErrorCode.INVALID_TOKEN,
+    ErrorCode.ACCOUNT_DISABLED,
+    ErrorCode.RATE_LIMIT_EXCEEDED,
+)
 _SSE_EVENT = {
     "type": "object",
     "description": "One Server-Sent Event (OpenAPI 3.1 reads a text/event-stream schema "
@@ -269,12 +273,12 @@ async def stop(
     return JSONResponse(json.loads(message_response(ended).model_dump_json()))
 
 
-async def _wait_for_end(services, message_id: uuid.UUID, timeout: float):  # type: ignore[no-untyped-def]
+async def _wait_for_end(services, message_id: uuid.UUID, wait_seconds: float):  # type: ignore[no-untyped-def]
     if services.generations.is_local(message_id):
-        await services.generations.wait(message_id, timeout)
+        await services.generations.wait(message_id, wait_seconds)
         return await services.chat.get_message(message_id)
     loop = asyncio.get_running_loop()
-    until = loop.time() + timeout
+    until = loop.time() + wait_seconds
     while True:
         message = await services.chat.get_message(message_id)
         if message is None or message.status != MessageStatus.STREAMING or loop.time() >= until:

@@ -474,7 +474,7 @@ class RedisEventLog(EventLog):
         mapping = {"owner": self.owner_id, **meta, "status": "running", "last_seq": "0"}
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hset(self._key(gen_id, "meta"), mapping=mapping)
+            pipe.hset(self._key(gen_id, "meta"), mapping=mapping)  # type: ignore[arg-type]  # redis-py types Mapping invariantly
             pipe.pexpire(self._key(gen_id, "meta"), self._ttl_ms)
             await pipe.execute()
         except _DOWN_ERRORS as exc:
@@ -522,7 +522,7 @@ class RedisEventLog(EventLog):
         keys = [self._key(gen_id, "events"), self._key(gen_id, "meta"), self._key(gen_id, "stop")]
         args = [f"0-{entry.seq}", entry.event, entry.data, self._cap, entry.seq, self._retention_ms]
         try:
-            written = await self._mark_lost_script(keys=keys, args=args)
+            written = await self._mark_lost_script(keys=keys, args=args)  # type: ignore[arg-type]
         except _DOWN_ERRORS as exc:
             raise LogUnavailableError(str(exc)) from exc
         return bool(written)
