@@ -1,0 +1,119 @@
+"""The baseline: a bare Starlette app served by uvicorn exactly as `alice serve` serves ALICE.
+
+`GET /json` answers a JSON body shaped like ALICE's UserResponse; `GET /sse?n=50&delay=20`
+sends the events of an ALICE reply (a `conversation` event, `n` `token` events `delay` ms
+apart, then `done`) in ALICE's wire format, at the pace of the fake Anthropic server (the first
+token at once, then one every `delay` ms). `GET /health` is there for the readiness check.
+
+Run: `python -m bench.bare --port P`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import uuid
+from collections.abc import AsyncIterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+USER = {
+    "id": "6f0c8a1e-9a7e-4a47-8d3c-6c1b4f0e2a11",
+    "email": "bench@example.com",
+    "display_name": "bench",
+    "is_active": True,
+    "created_at": "2026-01-01T00:00:00.000000Z",
+}
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _dumps(data: object) -> str:
+    return json.dumps(data, separators=(", ", ": "), ensure_ascii=False)
+
+
+async def json_route(request: Request) -> Response:
+    return JSONResponse(USER)
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def sse_route(request: Request) -> Response:
+    n = min(int(request.query_params.get("n", "50")), 10_000)
+    delay = float(request.query_params.get("delay", "20")) / 1000
+    mid = str(uuid.uuid4())
+    cid = str(uuid.uuid4())
+
+    async def events() -> AsyncIterator[bytes]:
+        conversation = _dumps({"conversation_id": cid, "is_new": True, "message_id": mid})
+        yield f"retry: 1000\nid: {mid}:1\nevent: conversation\ndata: {conversation}\n\n".encode()
+        for i in range(n):
+            if i and delay:
+                await asyncio.sleep(delay)
+            data = _dumps({"content": f"tok{i} ", "index": i})
+            yield f"id: {mid}:{i + 2}\nevent: token\ndata: {data}\n\n".encode()
+        done = _dumps(
+            {
+                "message_id": mid,
+                "conversation_id": cid,
+                "total_tokens": n + 11,
+                "status": "complete",
+                "last_index": n - 1,
+            }
+        )
+        yield f"id: {mid}:{n + 2}\nevent: done\ndata: {done}\n\n".encode()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+app = Starlette(
+    routes=[
+        Route("/json", json_route),
+        Route("/sse", sse_route),
+        Route("/health", health),
+    ]
+)
+
+
+def _alice_http() -> object:
+    """The HTTP protocol `alice serve` gives uvicorn (its `http=`), when it names one."""
+    try:
+        from alice.core.middleware import http_protocol
+    except ImportError:
+        return "auto"
+    return http_protocol()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="bare Starlette baseline")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # The same uvicorn settings as `alice serve` (alice/cli.py): one worker, the event loop
+    # left to uvicorn (uvloop when installed), ALICE's HTTP protocol, no access log, no proxy
+    # headers. Only the app differs.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        proxy_headers=False,
+        access_log=False,
+        log_config=None,
+        http=_alice_http(),  # type: ignore[arg-type]
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()
