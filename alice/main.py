@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.event_log.close()
             await services.provider.aclose()
             await services.engine.dispose()
+            services.auth.close()
 
     app = FastAPI(
         title="ALICE",

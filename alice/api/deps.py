@@ -16,7 +16,8 @@ from alice.services.container import Services
 _bearer = HTTPBearer(auto_error=False, description="An access token from login or register.")
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: a plain `def` dependency would cost a thread-pool hop on every request.
     services: Services = request.app.state.services
     return services
 
@@ -24,7 +25,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings_dep(services: ServicesDep) -> Settings:
+async def get_settings_dep(services: ServicesDep) -> Settings:
     return services.settings
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +33,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        # A fixed set of connections (each is a thread): overflow ones opened and closed under
+        # load cost a thread and the pragmas each time.
+        kwargs.update(pool_size=settings.database_pool_size, max_overflow=0, pool_timeout=30)
     else:
         # A database that cannot be reached costs a request at most the pool timeout plus the
         # connect timeout (5 s), then 503 DATABASE_UNAVAILABLE: no hang, even past the pool.
@@ -68,10 +73,29 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+_sqlite_write_locks: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 @asynccontextmanager
 async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """One short transaction: committed on success, rolled back on error, connection returned."""
-    async with factory() as session, session.begin():
+    """One short transaction: committed on success, rolled back on error, connection returned.
+
+    On SQLite the writers of this process take turns on an asyncio lock: SQLite allows one
+    writer at a time, and writers left to its busy handler sleep and retry, which under load
+    ran into "database is locked"."""
+    engine = factory.kw.get("bind")
+    lock = None
+    if isinstance(engine, AsyncEngine) and engine.dialect.name == "sqlite":
+        lock = _sqlite_write_locks.get(engine)
+        if lock is None:
+            lock = _sqlite_write_locks[engine] = asyncio.Lock()
+    if lock is None:
+        async with factory() as session, session.begin():
+            yield session
+        return
+    async with lock, factory() as session, session.begin():
         yield session
 
 

@@ -6,10 +6,11 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from alice.core.database import transaction
 from alice.core.errors import ConversationNotFoundError, GenerationInProgressError
@@ -21,6 +22,12 @@ from alice.services.ai.context import build_context
 from alice.services.pagination import decode_cursor, encode_cursor
 
 TITLE_MAX = 80
+_CONVERSATION_COLUMNS = (
+    Conversation.id,
+    Conversation.title,
+    Conversation.created_at,
+    Conversation.updated_at,
+)
 _SPACES = re.compile(r"\s+")
 
 
@@ -57,6 +64,7 @@ class ReplyStart:
 class ChatService:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], context_messages: int) -> None:
         self._sessions = sessions
+        self._engine: AsyncEngine = sessions.kw["bind"]
         self._context_messages = context_messages
 
     async def get_conversation(
@@ -69,22 +77,21 @@ class ChatService:
 
     async def list_conversations(
         self, user_id: uuid.UUID, limit: int, cursor: str | None
-    ) -> tuple[list[Conversation], str | None]:
+    ) -> tuple[list[Any], str | None]:
         """A page of the user's conversations, newest `updated_at` first (keyset)."""
-        query = select(Conversation).where(Conversation.user_id == user_id)
+        query = select(*_CONVERSATION_COLUMNS).where(Conversation.user_id == user_id)
         if cursor:
             at, last_id = decode_cursor("c", cursor)
-            query = query.where(
-                or_(
-                    Conversation.updated_at < at,
-                    and_(Conversation.updated_at == at, Conversation.id < last_id),
-                )
-            )
+            # A row-value comparison, so the index (user_id, updated_at, id) is searched
+            # straight to the cursor: the expanded OR form made SQLite scan from the start.
+            query = query.where(tuple_(Conversation.updated_at, Conversation.id) < (at, last_id))
         query = query.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(
             limit + 1
         )
-        async with self._sessions() as session:
-            rows = list((await session.execute(query)).scalars())
+        # Rows through a plain connection: the list is read often and the ORM's identity map
+        # and session bookkeeping cost more than the query.
+        async with self._engine.connect() as conn:
+            rows = list(await conn.execute(query))
         return _page(rows, limit, lambda c: encode_cursor("c", c.updated_at, c.id))
 
     async def list_messages(
@@ -94,12 +101,7 @@ class ChatService:
         query = select(Message).where(Message.conversation_id == conversation_id)
         if cursor:
             at, last_id = decode_cursor("m", cursor)
-            query = query.where(
-                or_(
-                    Message.created_at > at,
-                    and_(Message.created_at == at, Message.id > last_id),
-                )
-            )
+            query = query.where(tuple_(Message.created_at, Message.id) > (at, last_id))
         query = query.order_by(Message.created_at, Message.id).limit(limit + 1)
         async with self._sessions() as session:
             await self._owned(session, user_id, conversation_id)
@@ -179,62 +181,70 @@ class ChatService:
         `streaming` messages makes that hold for simultaneous requests too."""
         now = utcnow()
         user_msg_id, reply_id = uuid.uuid4(), uuid.uuid4()
+        # Core statements, not ORM objects: this is on the way to the first token.
         try:
             async with transaction(self._sessions) as session:
                 if conversation_id is None:
-                    conv = Conversation(
-                        id=uuid.uuid4(),
-                        user_id=user_id,
-                        title=make_title(content),
-                        created_at=now,
-                        updated_at=now,
+                    conv_id, is_new = uuid.uuid4(), True
+                    await session.execute(
+                        insert(Conversation).values(
+                            id=conv_id,
+                            user_id=user_id,
+                            title=make_title(content),
+                            created_at=now,
+                            updated_at=now,
+                        )
                     )
-                    session.add(conv)
                     history: list[tuple[str, str, str]] = []
-                    is_new = True
                 else:
-                    conv = await self._owned(session, user_id, conversation_id)
-                    if await self._has_streaming(session, conv.id):
+                    conv_id, is_new = conversation_id, False
+                    owner = await session.scalar(
+                        select(Conversation.user_id).where(Conversation.id == conv_id)
+                    )
+                    if owner != user_id:
+                        raise ConversationNotFoundError()
+                    if await self._has_streaming(session, conv_id):
                         raise GenerationInProgressError()
-                    history = await self._history(session, conv.id)
+                    history = await self._history(session, conv_id)
                     await session.execute(
                         update(Conversation)
-                        .where(Conversation.id == conv.id)
+                        .where(Conversation.id == conv_id)
                         .values(updated_at=now)
                     )
-                    is_new = False
-                session.add_all(
+                await session.execute(
+                    insert(Message),
                     [
-                        Message(
-                            id=user_msg_id,
-                            conversation_id=conv.id,
-                            role=MessageRole.USER,
-                            content=content,
-                            status=MessageStatus.COMPLETE,
-                            token_count=0,
-                            created_at=now,
-                        ),
-                        Message(
-                            id=reply_id,
-                            conversation_id=conv.id,
-                            role=MessageRole.ASSISTANT,
-                            content="",
-                            status=MessageStatus.STREAMING,
-                            token_count=0,
-                            event_seq=1,
-                            heartbeat_at=now,
+                        {
+                            "id": user_msg_id,
+                            "conversation_id": conv_id,
+                            "role": MessageRole.USER,
+                            "content": content,
+                            "status": MessageStatus.COMPLETE,
+                            "token_count": 0,
+                            "event_seq": None,
+                            "heartbeat_at": None,
+                            "created_at": now,
+                        },
+                        {
+                            "id": reply_id,
+                            "conversation_id": conv_id,
+                            "role": MessageRole.ASSISTANT,
+                            "content": "",
+                            "status": MessageStatus.STREAMING,
+                            "token_count": 0,
+                            "event_seq": 1,
+                            "heartbeat_at": now,
                             # One microsecond later: the reply sorts after its question.
-                            created_at=now + timedelta(microseconds=1),
-                        ),
-                    ]
+                            "created_at": now + timedelta(microseconds=1),
+                        },
+                    ],
                 )
-                await session.flush()
         except IntegrityError:
             raise GenerationInProgressError() from None
         context = build_context(
             [*history, ("user", content, MessageStatus.COMPLETE)], self._context_messages
         )
-        return ReplyStart(conv.id, is_new, user_msg_id, reply_id, context)
+        return ReplyStart(conv_id, is_new, user_msg_id, reply_id, context)
 
     async def _history(
         self, session: AsyncSession, conversation_id: uuid.UUID
