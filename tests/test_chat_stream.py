@@ -325,3 +325,42 @@ async def test_mock_provider_streams_word_by_word(app, client, user):
     async with app.state.services.sessions() as session:
         row = await session.get(Message, uuid.UUID(done["message_id"]))
     assert row.content == "".join(tokens) and row.token_count == len(tokens)
+
+
+async def test_fifty_streams_on_a_pool_of_five_while_me_answers(
+    backend, settings, ai_settings, fake_anthropic
+):
+    """Open streams hold no database connection: 50 at once on a PostgreSQL pool of 5 all
+    complete while GET /auth/me keeps answering."""
+    if backend == "sqlite":
+        pytest.skip("the connection pool is PostgreSQL's")
+    s2 = settings.model_copy(
+        update={**ai_settings, "database_pool_size": 5, "rate_limit_enabled": False}
+    )
+    async with serve(s2) as (app, url):
+        user = await app.state.services.auth.register("p@example.com", "SecurePass123", None)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            started = time.monotonic()
+            streams = asyncio.gather(
+                *(send(client, user.access_token, "[[tokens:30]] [[delay:50]]") for _ in range(50))
+            )
+            task = asyncio.ensure_future(streams)
+            slowest, answers = 0.0, 0
+            while not task.done():
+                t0 = time.monotonic()
+                me = await client.get(
+                    "/api/v1/auth/me", headers={"Authorization": f"Bearer {user.access_token}"}
+                )
+                slowest = max(slowest, time.monotonic() - t0)
+                assert me.status_code == 200
+                answers += 1
+                await asyncio.sleep(0.05)
+            results = await task
+            elapsed = time.monotonic() - started
+    assert all(r.terminal.event == "done" and r.text == expected_text(30) for r in results)
+    assert answers >= 5 and slowest < 3.0
+    # Each stream takes 30 deltas 50 ms apart (~1.5 s): run together, not one pool slot at a time.
+    assert elapsed < 15, elapsed
+    print(f"50 streams on a pool of 5: {elapsed:.2f} s, /auth/me slowest {slowest * 1000:.0f} ms")

@@ -96,16 +96,20 @@ class ChatService:
 
     async def list_messages(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, limit: int, cursor: str | None
-    ) -> tuple[list[Message], str | None]:
+    ) -> tuple[list[Any], str | None]:
         """A page of a conversation's messages, oldest first (keyset)."""
-        query = select(Message).where(Message.conversation_id == conversation_id)
+        query = select(*Message.__table__.columns).where(Message.conversation_id == conversation_id)
         if cursor:
             at, last_id = decode_cursor("m", cursor)
             query = query.where(tuple_(Message.created_at, Message.id) > (at, last_id))
         query = query.order_by(Message.created_at, Message.id).limit(limit + 1)
-        async with self._sessions() as session:
-            await self._owned(session, user_id, conversation_id)
-            rows = list((await session.execute(query)).scalars())
+        async with self._engine.connect() as conn:
+            owner = await conn.scalar(
+                select(Conversation.user_id).where(Conversation.id == conversation_id)
+            )
+            if owner != user_id:
+                raise ConversationNotFoundError()
+            rows = list(await conn.execute(query))
         return _page(rows, limit, lambda m: encode_cursor("m", m.created_at, m.id))
 
     async def rename(
