@@ -203,3 +203,15 @@ def background_send(
         headers={"Authorization": f"Bearer {token}"},
         json_body=body,
     )
+
+
+def nonce() -> str:
+    """A tag that makes a message (and so its provider request) recognisable."""
+    return f"n{uuid.uuid4().hex[:10]}"
+
+
+def provider_request(fake: Any, tag: str) -> Any:
+    """The fake's record of the request whose last user message carries `tag`."""
+    found = [r for r in fake.requests if tag in r.last_user_text]
+    assert found, f"no provider request with {tag}"
+    return found[-1]

@@ -33,6 +33,8 @@ from tests.chatkit import (
     background_stream,
     eventually,
     messages,
+    nonce,
+    provider_request,
     reattach,
     send,
 )
@@ -235,16 +237,6 @@ def client(proc: Proc, ip: str | None = None) -> httpx.AsyncClient:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def nonce() -> str:
-    return f"n{uuid.uuid4().hex[:10]}"
-
-
-def provider_request(fake: Any, tag: str) -> Any:
-    found = [r for r in fake.requests if tag in r.last_user_text]
-    assert found, f"no provider request with {tag}"
-    return found[-1]
 
 
 async def register(c: httpx.AsyncClient) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from tests.chatkit import (
     background_stream,
     eventually,
     messages,
+    nonce,
+    provider_request,
     reattach,
     send,
 )
@@ -36,18 +38,6 @@ from tests.conftest import PASSWORD, serve
 from tests.fakes.anthropic_server import expected_text, token_text
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def nonce() -> str:
-    """A tag that makes a message (and so its provider request) recognisable."""
-    return f"n{uuid.uuid4().hex[:10]}"
-
-
-def provider_request(fake: Any, tag: str) -> Any:
-    """The fake's record of the request whose last user message carries `tag`."""
-    found = [r for r in fake.requests if tag in r.last_user_text]
-    assert found, f"no provider request with {tag}"
-    return found[-1]
 
 
 def seqs(s: Stream) -> list[int]:
