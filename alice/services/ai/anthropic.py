@@ -178,8 +178,12 @@ class AnthropicProvider(AIProvider):
             # `async with` closes the HTTP response on every exit: normal end, error,
             # CancelledError and GeneratorExit (aclose) alike, so the provider sees the
             # request closed as soon as the consumer goes away.
-            async with self._client.messages.stream(**params) as stream:
-                request_id = stream.request_id
+            # The raw event stream (`create(stream=True)`), not `messages.stream()`: the
+            # latter also accumulates a snapshot of the message and yields a derived event
+            # per delta, which doubled the SDK's work per token for nothing we use.
+            stream = await self._client.messages.create(**params, stream=True)
+            async with stream:
+                request_id = stream.response.headers.get("request-id")
                 try:
                     async for event in stream:
                         if completed:
