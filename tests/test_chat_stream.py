@@ -364,3 +364,25 @@ async def test_fifty_streams_on_a_pool_of_five_while_me_answers(
     # Each stream takes 30 deltas 50 ms apart (~1.5 s): run together, not one pool slot at a time.
     assert elapsed < 15, elapsed
     print(f"50 streams on a pool of 5: {elapsed:.2f} s, /auth/me slowest {slowest * 1000:.0f} ms")
+
+
+async def test_unexpected_provider_bug_ends_reply_instead_of_leaving_it_streaming_mocked(
+    app, client, user
+):
+    """A provider that raises something unforeseen (mocked: a stub generator) still ends the
+    reply: the readers get an error and nothing is left `streaming`."""
+    from alice.services.ai.base import TextDelta
+
+    class Broken:
+        async def stream(self, system, messages):
+            yield TextDelta("partial ")
+            raise RuntimeError("a bug")
+
+    app.state.services.generations._provider = Broken()
+    resp = await client.post(f"{CHAT}/message", json={"content": "hi"}, headers=user.headers)
+    assert resp.status_code == 200
+    assert "event: error" in resp.text and "AI_SERVICE_UNAVAILABLE" in resp.text
+    async with app.state.services.sessions() as session:
+        rows = (await session.execute(select(Message).where(Message.role == "assistant"))).scalars()
+        (reply,) = list(rows)
+    assert reply.status == "incomplete" and reply.content == "partial "

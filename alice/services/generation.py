@@ -285,6 +285,9 @@ class GenerationRegistry:
                     log.warning("reply %s: no provider event for %ss", mid, idle)
             except AIServiceUnavailableError:
                 outcome = Outcome.AI_FAILED
+            except Exception:  # noqa: BLE001 - a bug must not leave the reply `streaming`
+                log.exception("reply %s failed unexpectedly", mid)
+                outcome = Outcome.AI_FAILED
             except asyncio.CancelledError:
                 if run.stop is None:
                     raise
