@@ -28,6 +28,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.procs import cpu_seconds, rss_kib
+
 HOST = "127.0.0.1"
 clock = time.perf_counter
 
@@ -115,29 +117,6 @@ def auth(token: str) -> dict[str, str]:
 
 
 # -- server-side readings: RSS, CPU ----------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all its threads), in seconds."""
-    import os
-
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def cpu_times() -> dict[str, tuple[int, int]]:
@@ -433,7 +412,7 @@ async def streams(job: dict[str, Any]) -> dict[str, Any]:
             requests.append(build_request("GET", path, {"Accept": "text/event-stream"}))
 
     rss_before = rss_kib(pid) if pid else None
-    cpu_before = proc_cpu_seconds(pid) if pid else None
+    cpu_before = cpu_seconds(pid) if pid else None
     cores_before = cpu_times()
     sampler = Sampler(pid)
     sampler.start()
@@ -460,7 +439,7 @@ async def streams(job: dict[str, Any]) -> dict[str, Any]:
             p._finish("timeout")
     wall = (state.last_end or clock()) - (state.first_sent or started)
     await sampler.stop()
-    cpu_after = proc_cpu_seconds(pid) if pid else None
+    cpu_after = cpu_seconds(pid) if pid else None
     cores_after = cpu_times()
     rss_after = rss_kib(pid) if pid else None
 
@@ -521,7 +500,7 @@ async def http_load(job: dict[str, Any]) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors: list[str] = []
-    cpu_before = proc_cpu_seconds(pid) if pid else None
+    cpu_before = cpu_seconds(pid) if pid else None
     stop_at = clock() + duration
 
     async def worker() -> None:
@@ -546,7 +525,7 @@ async def http_load(job: dict[str, Any]) -> dict[str, Any]:
     started = clock()
     await asyncio.gather(*(worker() for _ in range(job["connections"])))
     elapsed = clock() - started
-    cpu_after = proc_cpu_seconds(pid) if pid else None
+    cpu_after = cpu_seconds(pid) if pid else None
     total = sum(statuses.values())
     good = sum(v for k, v in statuses.items() if 200 <= k < 300)
     return {

@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from bench import procs
+from bench.client import cpu_times
 from bench.procs import LOAD_CORE, REPO, SERVER_CORE, Proc
 from bench.stats import percentile, summary_ms
 
@@ -943,16 +944,7 @@ def background_load(seconds: float = 1.0) -> dict[str, float]:
     """Busy % of each CPU over `seconds` while the benchmark itself is idle: other work on the
     machine (a test run, another benchmark) slows every figure down, baselines included."""
 
-    def snap() -> dict[str, tuple[int, int]]:
-        out: dict[str, tuple[int, int]] = {}
-        with open("/proc/stat") as f:
-            for line in f:
-                if line.startswith("cpu") and line[3:4].isdigit():
-                    name, *vals = line.split()
-                    nums = [int(v) for v in vals]
-                    idle = nums[3] + (nums[4] if len(nums) > 4 else 0)
-                    out[name] = (sum(nums) - idle, sum(nums))
-        return out
+    snap = cpu_times
 
     a = snap()
     time.sleep(seconds)
