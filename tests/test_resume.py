@@ -755,3 +755,23 @@ async def test_redis_down_the_owner_streams_on_and_another_process_answers_503(
             posted = await asyncio.wait_for(task, 10)
     assert posted.terminal.event == "done"
     assert posted.text == expected_text(40)
+
+
+async def test_stop_of_a_reply_whose_owner_does_not_answer_is_202_after_five_seconds(live):
+    """A running reply (fresh heartbeat) whose owner never acts on the stop: the stop is asked
+    for, and after 5 s the answer is 202 with the message still `streaming`."""
+    user = await live.user()
+    app = live.app
+    async with live.client() as client:
+        uid = await _user_id(client, user.access_token)
+        row = await _streaming_row(app, uid, expected_text(2), 3, 0)
+        started = time.monotonic()
+        resp = await client.post(
+            f"{CHAT}/conversations/{row.conversation_id}/stop", headers=auth(user.access_token)
+        )
+        waited = time.monotonic() - started
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["id"] == str(row.id) and body["status"] == "streaming"
+    assert body["event_id"] == f"{row.id}:3" and body["content"] == expected_text(2)
+    assert 5.0 <= waited < 8.0
