@@ -491,3 +491,14 @@ async def test_rate_limit_disabled_setting(make_settings, backend, settings):
             )
             assert resp.status_code == 401
             assert "x-ratelimit-limit" not in resp.headers
+
+
+async def test_remembered_access_token_is_refused_once_it_expires(client, settings, user):
+    """Verified tokens are remembered for speed; the memory must end at the token's `exp`."""
+    claims = claims_of(user.access_token)
+    claims["exp"] = int(time.time()) + 1
+    token = forge(claims, settings.signing_key(), {"typ": "at+jwt"})
+    assert (await me(client, token)).status_code == 200  # verified, and now remembered
+    while time.time() <= claims["exp"]:
+        await asyncio.sleep(0.05)
+    assert_error(await me(client, token), 401, "INVALID_TOKEN")

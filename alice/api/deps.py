@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from alice.core.config import Settings
 from alice.core.errors import RateLimitExceededError, UnauthorizedError
 from alice.core.ratelimit import RateLimiter
 from alice.services.auth import CurrentUser as CurrentUserData
@@ -23,13 +22,6 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-async def get_settings_dep(services: ServicesDep) -> Settings:
-    return services.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
 async def get_current_user(

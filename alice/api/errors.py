@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,7 +12,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from alice.core.errors import AliceError, ErrorCode, error_body
+from alice.core.errors import STATUS, AliceError, ErrorCode, error_body
+from alice.schemas.errors import ErrorResponse, ValidationErrorResponse
 
 log = logging.getLogger("alice.error")
 
@@ -126,3 +128,21 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ConnectionError, database_error)
     app.add_exception_handler(OSError, database_error)
     app.add_exception_handler(UnicodeError, unencodable_input)
+
+
+def responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the codes a route can return, grouped by status."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        status = STATUS[code]
+        entry = out.setdefault(
+            status,
+            {
+                "model": ValidationErrorResponse if status == 422 else ErrorResponse,
+                "description": "",
+                "content": {"application/json": {"examples": {}}},
+            },
+        )
+        entry["description"] = " / ".join(filter(None, [entry["description"], code.value]))
+        entry["content"]["application/json"]["examples"][code.value] = {"value": error_body(code)}
+    return out

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from alice.models import Message
 from alice.services.chat import message_response
 from alice.services.container import Services
+from alice.services.eventlog.base import LogUnavailableError
 
 RETRY_MS = 1000
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -82,7 +83,9 @@ def reply_stream(
         metrics.stream_opened(reattach)
         generations.reader_joined(message_id)
         try:
-            with suppress(TimeoutError, KeyError):
+            # Past the cap, or the log gone or unreachable: close without a terminal event,
+            # and the client re-attaches (to another process, if need be).
+            with suppress(TimeoutError, KeyError, LogUnavailableError):
                 async with asyncio.timeout(max_seconds):
                     async for entry in log.follow(message_id, after):
                         yield _frame(mid, entry.seq, entry.event, entry.data, first)

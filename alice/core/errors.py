@@ -139,23 +139,3 @@ class DatabaseUnavailableError(AliceError):
 
 def error_body(code: ErrorCode, detail: str | None = None) -> dict[str, Any]:
     return {"detail": detail or DEFAULT_DETAIL[code], "code": code.value}
-
-
-def responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for the codes a route can return, grouped by status."""
-    from alice.schemas.errors import ErrorResponse, ValidationErrorResponse
-
-    out: dict[int | str, dict[str, Any]] = {}
-    for code in codes:
-        status = STATUS[code]
-        entry = out.setdefault(
-            status,
-            {
-                "model": ValidationErrorResponse if status == 422 else ErrorResponse,
-                "description": "",
-                "content": {"application/json": {"examples": {}}},
-            },
-        )
-        entry["description"] = " / ".join(filter(None, [entry["description"], code.value]))
-        entry["content"]["application/json"]["examples"][code.value] = {"value": error_body(code)}
-    return out

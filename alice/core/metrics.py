@@ -21,8 +21,6 @@ from prometheus_client import (
     multiprocess,
 )
 
-from alice.services.generation import Metrics as GenerationMetrics
-
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -31,7 +29,7 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
-class Metrics(GenerationMetrics):
+class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry

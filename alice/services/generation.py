@@ -19,7 +19,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -78,9 +78,17 @@ class Run:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class Metrics:
-    """Counters the registry reports; the metrics endpoint reads them (no-ops by default)."""
+class ReplyMetrics(Protocol):
+    """What the registry reports; `alice.core.metrics.Metrics` counts it for /metrics."""
 
+    def reply_started(self) -> None: ...
+    def reply_finished(self, status: str) -> None: ...
+    def tokens(self, n: int, attended: bool) -> None: ...
+    def reaped(self) -> None: ...
+    def ai_error(self, cause: str) -> None: ...
+
+
+class _NoMetrics:
     def reply_started(self) -> None: ...
     def reply_finished(self, status: str) -> None: ...
     def tokens(self, n: int, attended: bool) -> None: ...
@@ -95,13 +103,13 @@ class GenerationRegistry:
         sessions: async_sessionmaker[AsyncSession],
         provider: AIProvider,
         event_log: EventLog,
-        metrics: Metrics | None = None,
+        metrics: ReplyMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._provider = provider
         self._log = event_log
-        self._metrics = metrics or Metrics()
+        self._metrics: ReplyMetrics = metrics or _NoMetrics()
         self._runs: dict[uuid.UUID, Run] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._pg = not settings.is_sqlite

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from alice.api.deps import CurrentUser, ServicesDep, rate_limit
-from alice.core.errors import ErrorCode, responses
+from alice.api.errors import responses
+from alice.core.errors import ErrorCode
 from alice.schemas.auth import (
     LoginRequest,
     RefreshRequest,

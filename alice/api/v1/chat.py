@@ -11,12 +11,12 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import JSONResponse
 
 from alice.api.deps import CurrentUser, ServicesDep, rate_limit
+from alice.api.errors import responses
 from alice.api.sse import ReplyCursor, reply_stream, snapshot_stream
 from alice.core.errors import (
     ErrorCode,
     StreamUnavailableError,
     ValidationFailedError,
-    responses,
 )
 from alice.models import MessageStatus
 from alice.schemas.chat import (
