@@ -18,7 +18,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from alice.api import errors, ops
 from alice.api.v1 import auth, chat
 from alice.core.config import Settings, get_settings
-from alice.core.database import create_engine, create_session_factory
+from alice.core.database import Reads, create_engine, create_session_factory
 from alice.core.metrics import Metrics
 from alice.core.middleware import EdgeMiddleware
 from alice.core.ratelimit import RateLimiter
@@ -57,6 +57,7 @@ async def _start_shutdown_at_sigterm(services: Services) -> None:
 def build_services(settings: Settings, metrics: Metrics) -> Services:
     engine = create_engine(settings)
     sessions = create_session_factory(engine)
+    reads = Reads(engine)
     hashing = PasswordHashing(settings)
     codec = TokenCodec(settings)
     event_log = make_event_log(
@@ -73,9 +74,10 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         settings=settings,
         engine=engine,
         sessions=sessions,
+        reads=reads,
         limiter=RateLimiter(settings),
-        auth=AuthService(sessions, hashing, codec, settings),
-        chat=ChatService(sessions, settings.ai_context_messages),
+        auth=AuthService(sessions, reads, hashing, codec, settings),
+        chat=ChatService(sessions, reads, settings.ai_context_messages),
         provider=provider,
         event_log=event_log,
         generations=GenerationRegistry(settings, sessions, provider, event_log, metrics),
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.generations.shutdown(settings.shutdown_grace_seconds)
             await services.event_log.close()
             await services.provider.aclose()
+            services.reads.close()
             await services.engine.dispose()
             services.auth.close()
 
@@ -117,9 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     # Routers carry their full prefix, so a route's template (logs, metrics) is its whole path.
-    app.include_router(auth.router)
-    app.include_router(chat.router)
-    app.include_router(ops.router)
+    for router in (auth.router, chat.router, ops.router):
+        app.router.routes.extend(router.routes)
 
     @app.get(
         "/metrics",

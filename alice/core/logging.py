@@ -75,8 +75,18 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
+def _skip_unused_record_fields() -> None:
+    # Every request writes an access line. Neither format prints where a call was made nor
+    # its thread, so the record need not find out (the logging HOWTO's "Optimization": the
+    # caller's frame alone cost a quarter of a line).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+
+
 def make_handler(log_format: str = "text") -> logging.Handler:
     """The one handler ALICE logs through: stderr, text or JSON, request id on every line."""
+    _skip_unused_record_fields()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
     handler.setFormatter(

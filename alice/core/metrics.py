@@ -46,6 +46,7 @@ class Metrics:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.multiprocess = multiprocess_mode()
         if self.multiprocess:
             # A worker's gauges leave the sum when it exits (its live files are removed).
@@ -87,8 +88,18 @@ class Metrics:
         )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        # The labelled children are looked up once per (method, route, status): `labels()`
+        # takes a lock and builds its key on every call. Routes are templates, so the keys
+        # are as few as the label sets Prometheus keeps anyway.
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         if status == 429:
             self.rate_limited.inc()
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alice.core.database import transaction
+from alice.core.database import Reads, transaction
 from alice.core.errors import ConversationNotFoundError, GenerationInProgressError
 from alice.core.security import utcnow
 from alice.models import Conversation, Message, MessageRole, MessageStatus
@@ -62,9 +62,11 @@ class ReplyStart:
 
 
 class ChatService:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], context_messages: int) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], reads: Reads, context_messages: int
+    ) -> None:
         self._sessions = sessions
-        self._engine: AsyncEngine = sessions.kw["bind"]
+        self._reads = reads
         self._context_messages = context_messages
 
     async def get_conversation(
@@ -88,10 +90,9 @@ class ChatService:
         query = query.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(
             limit + 1
         )
-        # Rows through a plain connection: the list is read often and the ORM's identity map
-        # and session bookkeeping cost more than the query.
-        async with self._engine.connect() as conn:
-            rows = list(await conn.execute(query))
+        # Plain rows, not ORM objects: the list is read often, and the identity map and the
+        # session's bookkeeping cost more than the query.
+        rows = list(await self._reads.all(query))
         return _page(rows, limit, lambda c: encode_cursor("c", c.updated_at, c.id))
 
     async def list_messages(
@@ -103,13 +104,12 @@ class ChatService:
             at, last_id = decode_cursor("m", cursor)
             query = query.where(tuple_(Message.created_at, Message.id) > (at, last_id))
         query = query.order_by(Message.created_at, Message.id).limit(limit + 1)
-        async with self._engine.connect() as conn:
-            owner = await conn.scalar(
-                select(Conversation.user_id).where(Conversation.id == conversation_id)
-            )
-            if owner != user_id:
-                raise ConversationNotFoundError()
-            rows = list(await conn.execute(query))
+        owner = await self._reads.first(
+            select(Conversation.user_id).where(Conversation.id == conversation_id)
+        )
+        if owner is None or owner.user_id != user_id:
+            raise ConversationNotFoundError()
+        rows = list(await self._reads.all(query))
         return _page(rows, limit, lambda m: encode_cursor("m", m.created_at, m.id))
 
     async def rename(

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from alice.api.deps import CurrentUser, ServicesDep, rate_limit
 from alice.api.errors import responses
+from alice.api.responses import ModelResponse
 from alice.core.errors import ErrorCode
 from alice.schemas.auth import (
     LoginRequest,
@@ -90,6 +91,6 @@ async def logout(user: CurrentUser, services: ServicesDep) -> Response:
     dependencies=[rate_limit("me", "60/minute", "user")],
     responses=responses(*_AUTHED),
 )
-async def me(user: CurrentUser) -> UserResponse:
+async def me(user: CurrentUser) -> Response:
     """The current user's profile."""
-    return UserResponse.model_validate(user)
+    return ModelResponse(UserResponse.model_validate(user))

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.responses import JSONResponse
 
 from alice.api.deps import CurrentUser, ServicesDep, rate_limit
 from alice.api.errors import responses
+from alice.api.responses import ModelResponse
 from alice.api.sse import ReplyCursor, reply_stream, snapshot_stream
 from alice.core.errors import (
     ErrorCode,
@@ -134,11 +133,13 @@ async def list_conversations(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> ConversationPage:
+) -> Response:
     """The user's conversations, most recently updated first."""
     items, next_cursor = await services.chat.list_conversations(user.id, limit, cursor)
-    return ConversationPage(
-        items=[ConversationResponse.model_validate(c) for c in items], next_cursor=next_cursor
+    return ModelResponse(
+        ConversationPage(
+            items=[ConversationResponse.model_validate(c) for c in items], next_cursor=next_cursor
+        )
     )
 
 
@@ -154,10 +155,12 @@ async def list_messages(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> MessagePage:
+) -> Response:
     """A conversation's messages, oldest first."""
     items, next_cursor = await services.chat.list_messages(user.id, conversation_id, limit, cursor)
-    return MessagePage(items=[message_response(m) for m in items], next_cursor=next_cursor)
+    return ModelResponse(
+        MessagePage(items=[message_response(m) for m in items], next_cursor=next_cursor)
+    )
 
 
 @router.get(
@@ -266,11 +269,8 @@ async def stop(
     if ended is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     if ended.status == MessageStatus.STREAMING:
-        return JSONResponse(
-            json.loads(message_response(ended).model_dump_json()),
-            status_code=status.HTTP_202_ACCEPTED,
-        )
-    return JSONResponse(json.loads(message_response(ended).model_dump_json()))
+        return ModelResponse(message_response(ended), status_code=status.HTTP_202_ACCEPTED)
+    return ModelResponse(message_response(ended))
 
 
 async def _wait_for_end(services, message_id: uuid.UUID, wait_seconds: float):  # type: ignore[no-untyped-def]
