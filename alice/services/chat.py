@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,6 +29,46 @@ _CONVERSATION_COLUMNS = (
     Conversation.updated_at,
 )
 _SPACES = re.compile(r"\s+")
+
+# The list reads, built once: building a statement cost more than running it (and a new
+# statement object makes SQLAlchemy match its result columns again). Plain rows, not ORM
+# objects: the identity map and the session's bookkeeping cost more than the query.
+# The keyset predicates are row-value comparisons, so the indexes (user_id, updated_at, id)
+# and (conversation_id, created_at, id) are searched straight to the cursor: the expanded
+# OR form made SQLite scan from the start.
+_CONVERSATIONS = select(*_CONVERSATION_COLUMNS).where(Conversation.user_id == bindparam("user_id"))
+_CONVERSATIONS_ORDER = (Conversation.updated_at.desc(), Conversation.id.desc())
+_CONVERSATIONS_FIRST = _CONVERSATIONS.order_by(*_CONVERSATIONS_ORDER).limit(bindparam("limit"))
+_CONVERSATIONS_AFTER = (
+    _CONVERSATIONS.where(
+        tuple_(Conversation.updated_at, Conversation.id)
+        < tuple_(
+            bindparam("at", type_=Conversation.updated_at.type),
+            bindparam("after_id", type_=Conversation.id.type),
+        )
+    )
+    .order_by(*_CONVERSATIONS_ORDER)
+    .limit(bindparam("limit"))
+)
+_CONVERSATION_OWNER = select(Conversation.user_id).where(
+    Conversation.id == bindparam("conversation_id")
+)
+_MESSAGES = select(*Message.__table__.columns).where(
+    Message.conversation_id == bindparam("conversation_id")
+)
+_MESSAGES_ORDER = (Message.created_at, Message.id)
+_MESSAGES_FIRST = _MESSAGES.order_by(*_MESSAGES_ORDER).limit(bindparam("limit"))
+_MESSAGES_AFTER = (
+    _MESSAGES.where(
+        tuple_(Message.created_at, Message.id)
+        > tuple_(
+            bindparam("at", type_=Message.created_at.type),
+            bindparam("after_id", type_=Message.id.type),
+        )
+    )
+    .order_by(*_MESSAGES_ORDER)
+    .limit(bindparam("limit"))
+)
 
 
 def make_title(content: str) -> str:
@@ -81,35 +121,27 @@ class ChatService:
         self, user_id: uuid.UUID, limit: int, cursor: str | None
     ) -> tuple[list[Any], str | None]:
         """A page of the user's conversations, newest `updated_at` first (keyset)."""
-        query = select(*_CONVERSATION_COLUMNS).where(Conversation.user_id == user_id)
+        params: dict[str, Any] = {"user_id": user_id, "limit": limit + 1}
+        query = _CONVERSATIONS_FIRST
         if cursor:
-            at, last_id = decode_cursor("c", cursor)
-            # A row-value comparison, so the index (user_id, updated_at, id) is searched
-            # straight to the cursor: the expanded OR form made SQLite scan from the start.
-            query = query.where(tuple_(Conversation.updated_at, Conversation.id) < (at, last_id))
-        query = query.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(
-            limit + 1
-        )
-        # Plain rows, not ORM objects: the list is read often, and the identity map and the
-        # session's bookkeeping cost more than the query.
-        rows = list(await self._reads.all(query))
+            params["at"], params["after_id"] = decode_cursor("c", cursor)
+            query = _CONVERSATIONS_AFTER
+        rows = list(await self._reads.all(query, params))
         return _page(rows, limit, lambda c: encode_cursor("c", c.updated_at, c.id))
 
     async def list_messages(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, limit: int, cursor: str | None
     ) -> tuple[list[Any], str | None]:
         """A page of a conversation's messages, oldest first (keyset)."""
-        query = select(*Message.__table__.columns).where(Message.conversation_id == conversation_id)
-        if cursor:
-            at, last_id = decode_cursor("m", cursor)
-            query = query.where(tuple_(Message.created_at, Message.id) > (at, last_id))
-        query = query.order_by(Message.created_at, Message.id).limit(limit + 1)
-        owner = await self._reads.first(
-            select(Conversation.user_id).where(Conversation.id == conversation_id)
-        )
+        owner = await self._reads.first(_CONVERSATION_OWNER, {"conversation_id": conversation_id})
         if owner is None or owner.user_id != user_id:
             raise ConversationNotFoundError()
-        rows = list(await self._reads.all(query))
+        params: dict[str, Any] = {"conversation_id": conversation_id, "limit": limit + 1}
+        query = _MESSAGES_FIRST
+        if cursor:
+            params["at"], params["after_id"] = decode_cursor("m", cursor)
+            query = _MESSAGES_AFTER
+        rows = list(await self._reads.all(query, params))
         return _page(rows, limit, lambda m: encode_cursor("m", m.created_at, m.id))
 
     async def rename(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Response, status
 
-from alice.api.deps import CurrentUser, ServicesDep, rate_limit
+from alice.api.deps import ServicesDep, authenticated, rate_limit
 from alice.api.errors import responses
 from alice.api.responses import ModelResponse
 from alice.core.errors import ErrorCode
@@ -15,7 +17,7 @@ from alice.schemas.auth import (
     UserCreate,
     UserResponse,
 )
-from alice.services.auth import TokenPair
+from alice.services.auth import CurrentUser, TokenPair
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -40,7 +42,7 @@ def _tokens(pair: TokenPair, response: Response) -> TokenResponse:
     "/register",
     status_code=status.HTTP_201_CREATED,
     response_model=TokenResponse,
-    dependencies=[rate_limit("register", "5/minute", "ip")],
+    dependencies=[rate_limit("register", "5/minute")],
     responses=responses(*_COMMON, ErrorCode.EMAIL_ALREADY_EXISTS),
 )
 async def register(body: UserCreate, services: ServicesDep, response: Response) -> TokenResponse:
@@ -52,7 +54,7 @@ async def register(body: UserCreate, services: ServicesDep, response: Response) 
 @router.post(
     "/login",
     response_model=TokenResponse,
-    dependencies=[rate_limit("login", "5/minute", "ip")],
+    dependencies=[rate_limit("login", "5/minute")],
     responses=responses(*_COMMON, ErrorCode.AUTHENTICATION_FAILED, ErrorCode.ACCOUNT_DISABLED),
 )
 async def login(body: LoginRequest, services: ServicesDep, response: Response) -> TokenResponse:
@@ -64,7 +66,7 @@ async def login(body: LoginRequest, services: ServicesDep, response: Response) -
 @router.post(
     "/refresh",
     response_model=TokenResponse,
-    dependencies=[rate_limit("refresh", "10/minute", "ip")],
+    dependencies=[rate_limit("refresh", "10/minute")],
     responses=responses(*_COMMON, ErrorCode.INVALID_TOKEN, ErrorCode.ACCOUNT_DISABLED),
 )
 async def refresh(body: RefreshRequest, services: ServicesDep, response: Response) -> TokenResponse:
@@ -76,10 +78,11 @@ async def refresh(body: RefreshRequest, services: ServicesDep, response: Respons
 @router.post(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[rate_limit("logout", "10/minute", "user")],
     responses=responses(*_AUTHED),
 )
-async def logout(user: CurrentUser, services: ServicesDep) -> Response:
+async def logout(
+    user: Annotated[CurrentUser, authenticated("logout", "10/minute")], services: ServicesDep
+) -> Response:
     """End every session of the user: refresh tokens revoked, access tokens refused."""
     await services.auth.logout(user.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -88,9 +91,8 @@ async def logout(user: CurrentUser, services: ServicesDep) -> Response:
 @router.get(
     "/me",
     response_model=UserResponse,
-    dependencies=[rate_limit("me", "60/minute", "user")],
     responses=responses(*_AUTHED),
 )
-async def me(user: CurrentUser) -> Response:
+async def me(user: Annotated[CurrentUser, authenticated("me", "60/minute")]) -> Response:
     """The current user's profile."""
     return ModelResponse(UserResponse.model_validate(user))

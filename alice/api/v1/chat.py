@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from alice.api.deps import CurrentUser, ServicesDep, rate_limit
+from alice.api.deps import ServicesDep, authenticated
 from alice.api.errors import responses
 from alice.api.responses import ModelResponse
 from alice.api.sse import ReplyCursor, reply_stream, snapshot_stream
@@ -27,6 +27,7 @@ from alice.schemas.chat import (
     MessageResponse,
     StopRequest,
 )
+from alice.services.auth import CurrentUser
 from alice.services.chat import message_response
 from alice.services.eventlog.base import LogUnavailableError
 
@@ -80,7 +81,6 @@ def parse_cursor(value: str, field: str) -> ReplyCursor:
 @router.post(
     "/message",
     response_class=Response,
-    dependencies=[rate_limit("message", "10/minute", "user")],
     responses={
         **_SSE_DOC,
         **responses(
@@ -95,7 +95,7 @@ def parse_cursor(value: str, field: str) -> ReplyCursor:
 )
 async def send_message(
     body: MessageCreate,
-    user: CurrentUser,
+    user: Annotated[CurrentUser, authenticated("message", "10/minute")],
     services: ServicesDep,
     last_event_id: _LAST_EVENT_ID = None,
 ) -> Response:
@@ -125,11 +125,10 @@ async def send_message(
 @router.get(
     "/conversations",
     response_model=ConversationPage,
-    dependencies=[rate_limit("conversations", "60/minute", "user")],
     responses=responses(*_AUTHED, ErrorCode.VALIDATION_ERROR),
 )
 async def list_conversations(
-    user: CurrentUser,
+    user: Annotated[CurrentUser, authenticated("conversations", "60/minute")],
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
@@ -146,12 +145,11 @@ async def list_conversations(
 @router.get(
     "/conversations/{conversation_id}/messages",
     response_model=MessagePage,
-    dependencies=[rate_limit("messages", "60/minute", "user")],
     responses=responses(*_AUTHED, ErrorCode.VALIDATION_ERROR, ErrorCode.CONVERSATION_NOT_FOUND),
 )
 async def list_messages(
     conversation_id: uuid.UUID,
-    user: CurrentUser,
+    user: Annotated[CurrentUser, authenticated("messages", "60/minute")],
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
@@ -166,7 +164,6 @@ async def list_messages(
 @router.get(
     "/conversations/{conversation_id}/stream",
     response_class=Response,
-    dependencies=[rate_limit("stream", "60/minute", "user")],
     responses={
         **_SSE_DOC,
         204: {"description": "Nothing follows the cursor, or there is no reply."},
@@ -180,7 +177,7 @@ async def list_messages(
 )
 async def reattach(
     conversation_id: uuid.UUID,
-    user: CurrentUser,
+    user: Annotated[CurrentUser, authenticated("stream", "60/minute")],
     services: ServicesDep,
     last_event_id: _LAST_EVENT_ID = None,
     after: Annotated[str | None, Query(max_length=64, description="`<message_id>:<seq>`")] = None,
@@ -245,7 +242,6 @@ async def _reattach(services, conversation_id, cursor: ReplyCursor, reply, field
 @router.post(
     "/conversations/{conversation_id}/stop",
     response_model=MessageResponse,
-    dependencies=[rate_limit("stop", "60/minute", "user")],
     responses={
         202: {"description": "The stop was asked for; the reply is still running after 5 s."},
         204: {"description": "Nothing is running in this conversation."},
@@ -254,7 +250,7 @@ async def _reattach(services, conversation_id, cursor: ReplyCursor, reply, field
 )
 async def stop(
     conversation_id: uuid.UUID,
-    user: CurrentUser,
+    user: Annotated[CurrentUser, authenticated("stop", "60/minute")],
     services: ServicesDep,
     body: StopRequest | None = None,
 ) -> Response:
@@ -289,11 +285,13 @@ async def _wait_for_end(services, message_id: uuid.UUID, wait_seconds: float):  
 @router.patch(
     "/conversations/{conversation_id}",
     response_model=ConversationResponse,
-    dependencies=[rate_limit("rename", "60/minute", "user")],
     responses=responses(*_AUTHED, ErrorCode.VALIDATION_ERROR, ErrorCode.CONVERSATION_NOT_FOUND),
 )
 async def rename(
-    conversation_id: uuid.UUID, body: ConversationUpdate, user: CurrentUser, services: ServicesDep
+    conversation_id: uuid.UUID,
+    body: ConversationUpdate,
+    user: Annotated[CurrentUser, authenticated("rename", "60/minute")],
+    services: ServicesDep,
 ) -> ConversationResponse:
     """Rename a conversation."""
     conv = await services.chat.rename(user.id, conversation_id, body.title)
@@ -303,11 +301,12 @@ async def rename(
 @router.delete(
     "/conversations/{conversation_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[rate_limit("delete", "60/minute", "user")],
     responses=responses(*_AUTHED, ErrorCode.VALIDATION_ERROR, ErrorCode.CONVERSATION_NOT_FOUND),
 )
 async def delete_conversation(
-    conversation_id: uuid.UUID, user: CurrentUser, services: ServicesDep
+    conversation_id: uuid.UUID,
+    user: Annotated[CurrentUser, authenticated("delete", "60/minute")],
+    services: ServicesDep,
 ) -> Response:
     """Delete a conversation and its messages; a running reply is stopped first."""
     reply = await services.chat.streaming_message(user.id, conversation_id)
