@@ -18,7 +18,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from alice.api import errors, ops
 from alice.api.v1 import auth, chat
 from alice.core.config import Settings, get_settings
-from alice.core.database import Reads, create_engine, create_session_factory
+from alice.core.database import Direct, create_engine, create_session_factory
 from alice.core.metrics import Metrics
 from alice.core.middleware import EdgeMiddleware
 from alice.core.ratelimit import RateLimiter
@@ -57,7 +57,7 @@ async def _start_shutdown_at_sigterm(services: Services) -> None:
 def build_services(settings: Settings, metrics: Metrics) -> Services:
     engine = create_engine(settings)
     sessions = create_session_factory(engine)
-    reads = Reads(engine)
+    direct = Direct(engine)
     hashing = PasswordHashing(settings)
     codec = TokenCodec(settings)
     event_log = make_event_log(
@@ -74,10 +74,10 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         settings=settings,
         engine=engine,
         sessions=sessions,
-        reads=reads,
+        direct=direct,
         limiter=RateLimiter(settings),
-        auth=AuthService(sessions, reads, hashing, codec, settings),
-        chat=ChatService(sessions, reads, settings.ai_context_messages),
+        auth=AuthService(sessions, direct, hashing, codec, settings),
+        chat=ChatService(sessions, direct, settings.ai_context_messages),
         provider=provider,
         event_log=event_log,
         generations=GenerationRegistry(settings, sessions, provider, event_log, metrics),
@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.generations.shutdown(settings.shutdown_grace_seconds)
             await services.event_log.close()
             await services.provider.aclose()
-            services.reads.close()
+            services.direct.close()
             await services.engine.dispose()
             services.auth.close()
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVarTuple, cast
+from typing import Any, TypeVar, TypeVarTuple, cast
 
-from sqlalchemy import Connection, Row, Select, event
+from sqlalchemy import URL, Connection, Engine, Row, Select, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.exc import OperationalError
@@ -32,6 +33,7 @@ POOL_TIMEOUT_SECONDS = 3
 
 log = logging.getLogger("alice.database")
 _Ts = TypeVarTuple("_Ts")
+_T = TypeVar("_T")
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -87,24 +89,24 @@ _sqlite_write_locks: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = (
 )
 
 
+def write_lock(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[Any]:
+    """On SQLite, the lock the writers of this process take turns on: SQLite allows one
+    writer at a time, and writers left to its busy handler sleep and retry, which under load
+    ran into "database is locked". Elsewhere, nothing."""
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    lock = _sqlite_write_locks.get(engine)
+    if lock is None:
+        lock = _sqlite_write_locks[engine] = asyncio.Lock()
+    return lock
+
+
 @asynccontextmanager
 async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """One short transaction: committed on success, rolled back on error, connection returned.
-
-    On SQLite the writers of this process take turns on an asyncio lock: SQLite allows one
-    writer at a time, and writers left to its busy handler sleep and retry, which under load
-    ran into "database is locked"."""
-    engine = factory.kw.get("bind")
-    lock = None
-    if isinstance(engine, AsyncEngine) and engine.dialect.name == "sqlite":
-        lock = _sqlite_write_locks.get(engine)
-        if lock is None:
-            lock = _sqlite_write_locks[engine] = asyncio.Lock()
-    if lock is None:
-        async with factory() as session, session.begin():
-            yield session
-        return
-    async with lock, factory() as session, session.begin():
+    """One short transaction: committed on success, rolled back on error, connection returned
+    (on SQLite, under the process's write lock)."""
+    engine = factory.kw["bind"]
+    async with write_lock(engine), factory() as session, session.begin():
         yield session
 
 
@@ -113,36 +115,40 @@ def rowcount(result: Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
-class Reads:
-    """The short read-only queries of the hottest paths (the user of every authenticated
-    request, the pages of the lists), run where they cost least.
+class Direct:
+    """The short statements of the hottest paths, run where they cost least: the reads of
+    every authenticated request and of the lists, and the transaction that starts a reply.
 
-    On SQLite, a read by key costs some 20 µs, while handing it to aiosqlite's thread and
-    back costs several times that in thread switches (and, under load, in waits for the
-    GIL). So these reads run on the event loop itself, through one connection of a
-    synchronous engine (the same dialect and column types) that never writes. It reads in
-    autocommit: each statement sees all that was committed before it, by any connection of
-    any process. WAL lets a reader go on while another connection writes; in the rare case
-    where SQLite would make it wait (its busy timeout here is 0), the read goes to the
-    async engine instead, as do all reads of an in-memory database and of PostgreSQL."""
+    On SQLite a read by key costs some 20 µs, while handing each statement to aiosqlite's
+    thread and back costs several times that in thread switches (and, under load, in waits
+    for the GIL): the transaction that starts a reply made 22 such round trips, 9 ms before
+    the first token. So on SQLite these run on the event loop itself, through connections of
+    a synchronous engine (the same dialect and column types):
+
+    - reads through one that never writes, in autocommit: each statement sees all that was
+      committed before it, by any connection of any process;
+    - transactions through one that begins them IMMEDIATE (taking SQLite's write lock first)
+      and never waits for it: its busy timeout is 0.
+
+    WAL lets a reader go on while another connection writes; where SQLite would make either
+    wait (another writer holds the lock), the work is rolled back and goes to the async
+    engine instead, which waits without stopping the loop. In-memory databases and PostgreSQL
+    always use the async engine."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._inline: Connection | None = None
+        self._reader: Connection | None = None
+        self._writer: Connection | None = None
         url = engine.url
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            sync_engine = create_sync_engine(
-                url.set(drivername="sqlite"),
-                poolclass=StaticPool,
-                connect_args={"timeout": 0, "check_same_thread": False},
-            )
-            event.listen(sync_engine, "connect", _sqlite_reader_pragmas)
-            self._sync_engine = sync_engine
-
-    @property
-    def inline(self) -> bool:
-        """Whether reads run on the event loop (SQLite) rather than through the async engine."""
-        return hasattr(self, "_sync_engine")
+        self.inline = url.get_backend_name() == "sqlite" and url.database not in (
+            None,
+            "",
+            ":memory:",
+        )
+        if self.inline:
+            self._read_engine = _inline_engine(url, _sqlite_reader_pragmas)
+            self._write_engine = _inline_engine(url, _sqlite_writer_pragmas)
+            event.listen(self._write_engine, "begin", _begin_immediate)
 
     async def all(
         self, statement: Select[*_Ts], params: Mapping[str, object] | None = None
@@ -153,7 +159,7 @@ class Reads:
             except OperationalError as exc:
                 if not _sqlite_busy(exc):
                     raise
-                log.debug("inline read would wait; it goes through the async engine")
+                log.debug("an inline read would wait; it goes through the async engine")
         async with self._engine.connect() as conn:
             return (await conn.execute(statement, params)).all()
 
@@ -163,23 +169,56 @@ class Reads:
         rows = await self.all(statement, params)
         return rows[0] if rows else None
 
+    async def transaction(self, work: Callable[[Connection], _T]) -> _T:
+        """`work(connection)` in one transaction: committed when it returns, rolled back when
+        it raises. It may run twice (once inline, rolled back at the lock, then through the
+        async engine), so it must do nothing but statements on the connection."""
+        if self.inline:
+            try:
+                return self._write_inline(work)
+            except OperationalError as exc:
+                if not _sqlite_busy(exc):
+                    raise
+                log.debug("an inline transaction would wait; it goes through the async engine")
+        async with write_lock(self._engine), self._engine.begin() as conn:
+            return await conn.run_sync(work)
+
     def _read_inline(
         self, statement: Select[*_Ts], params: Mapping[str, object] | None
     ) -> Sequence[Row[*_Ts]]:
-        conn = self._inline
+        conn = self._reader
         if conn is None or conn.closed:
-            conn = self._inline = self._sync_engine.connect()
+            conn = self._reader = self._read_engine.connect()
         try:
             return conn.execute(statement, params).all()
         finally:
             conn.rollback()  # ends SQLAlchemy's transaction; SQLite began none for a SELECT
 
+    def _write_inline(self, work: Callable[[Connection], _T]) -> _T:
+        conn = self._writer
+        if conn is None or conn.closed:
+            conn = self._writer = self._write_engine.connect()
+        with conn.begin():
+            return work(conn)
+
     def close(self) -> None:
-        if self._inline is not None:
-            self._inline.close()
-            self._inline = None
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = None
         if self.inline:
-            self._sync_engine.dispose()
+            self._read_engine.dispose()
+            self._write_engine.dispose()
+
+
+def _inline_engine(url: URL, pragmas: Callable[[Any, Any], None]) -> Engine:
+    engine = create_sync_engine(
+        url.set(drivername="sqlite"),
+        poolclass=StaticPool,
+        connect_args={"timeout": 0, "check_same_thread": False},
+    )
+    event.listen(engine, "connect", pragmas)
+    return engine
 
 
 def _sqlite_reader_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -187,6 +226,23 @@ def _sqlite_reader_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA query_only=ON")
     cur.execute("PRAGMA busy_timeout=0")
     cur.close()
+
+
+def _sqlite_writer_pragmas(dbapi_conn: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_conn, record)
+    # SQLAlchemy's recipe for pysqlite: the driver begins no transaction itself, the "begin"
+    # event does (IMMEDIATE), so the reads of the work are in its transaction too.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=0")
+    # A commit past the WAL's size checkpoints it, with an fsync: the other connections
+    # (in threads) do that, never this one, on the event loop.
+    cur.execute("PRAGMA wal_autocheckpoint=0")
+    cur.close()
+
+
+def _begin_immediate(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_busy(exc: OperationalError) -> bool:

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alice.core.config import Settings
-from alice.core.database import Reads, rowcount, transaction
+from alice.core.database import Direct, rowcount, transaction
 from alice.core.errors import (
     AccountDisabledError,
     AuthenticationFailedError,
@@ -57,13 +57,13 @@ class AuthService:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        reads: Reads,
+        direct: Direct,
         hashing: PasswordHashing,
         codec: TokenCodec,
         settings: Settings,
     ) -> None:
         self._sessions = sessions
-        self._reads = reads
+        self._direct = direct
         self._user_query = select(*_USER_COLUMNS).where(User.id == bindparam("user_id"))
         self._hashing = hashing
         self._codec = codec
@@ -204,7 +204,7 @@ class AuthService:
         claims = self._codec.read_access(access_token)
         # A plain read, not an ORM session: this runs on every authenticated request, and the
         # session's own transaction bookkeeping cost four times the query.
-        row = await self._reads.first(self._user_query, {"user_id": claims.user_id})
+        row = await self._direct.first(self._user_query, {"user_id": claims.user_id})
         user = CurrentUser(*row) if row else None
         if user is None or user.token_version != claims.version:
             raise InvalidTokenError()

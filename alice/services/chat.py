@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alice.core.database import Reads, transaction
+from alice.core.database import Direct, transaction
 from alice.core.errors import ConversationNotFoundError, GenerationInProgressError
 from alice.core.security import utcnow
 from alice.models import Conversation, Message, MessageRole, MessageStatus
@@ -52,6 +52,21 @@ _CONVERSATIONS_AFTER = (
 )
 _CONVERSATION_OWNER = select(Conversation.user_id).where(
     Conversation.id == bindparam("conversation_id")
+)
+_STREAMING_REPLY = select(Message.id).where(
+    Message.conversation_id == bindparam("conversation_id"),
+    Message.status == MessageStatus.STREAMING,
+)
+# The context of a reply: the latest messages with text, oldest first once reversed.
+_HISTORY = (
+    select(Message.role, Message.content, Message.status)
+    .where(
+        Message.conversation_id == bindparam("conversation_id"),
+        Message.status != MessageStatus.STREAMING,
+        func.length(Message.content) > 0,
+    )
+    .order_by(Message.created_at.desc(), Message.id.desc())
+    .limit(bindparam("limit"))
 )
 _MESSAGES = select(*Message.__table__.columns).where(
     Message.conversation_id == bindparam("conversation_id")
@@ -103,10 +118,10 @@ class ReplyStart:
 
 class ChatService:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], reads: Reads, context_messages: int
+        self, sessions: async_sessionmaker[AsyncSession], direct: Direct, context_messages: int
     ) -> None:
         self._sessions = sessions
-        self._reads = reads
+        self._direct = direct
         self._context_messages = context_messages
 
     async def get_conversation(
@@ -126,14 +141,14 @@ class ChatService:
         if cursor:
             params["at"], params["after_id"] = decode_cursor("c", cursor)
             query = _CONVERSATIONS_AFTER
-        rows = list(await self._reads.all(query, params))
+        rows = list(await self._direct.all(query, params))
         return _page(rows, limit, lambda c: encode_cursor("c", c.updated_at, c.id))
 
     async def list_messages(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, limit: int, cursor: str | None
     ) -> tuple[list[Any], str | None]:
         """A page of a conversation's messages, oldest first (keyset)."""
-        owner = await self._reads.first(_CONVERSATION_OWNER, {"conversation_id": conversation_id})
+        owner = await self._direct.first(_CONVERSATION_OWNER, {"conversation_id": conversation_id})
         if owner is None or owner.user_id != user_id:
             raise ConversationNotFoundError()
         params: dict[str, Any] = {"conversation_id": conversation_id, "limit": limit + 1}
@@ -141,7 +156,7 @@ class ChatService:
         if cursor:
             params["at"], params["after_id"] = decode_cursor("m", cursor)
             query = _MESSAGES_AFTER
-        rows = list(await self._reads.all(query, params))
+        rows = list(await self._direct.all(query, params))
         return _page(rows, limit, lambda m: encode_cursor("m", m.created_at, m.id))
 
     async def rename(
@@ -217,96 +232,74 @@ class ChatService:
         `streaming` messages makes that hold for simultaneous requests too."""
         now = utcnow()
         user_msg_id, reply_id = uuid.uuid4(), uuid.uuid4()
-        # Core statements, not ORM objects: this is on the way to the first token.
-        try:
-            async with transaction(self._sessions) as session:
-                if conversation_id is None:
-                    conv_id, is_new = uuid.uuid4(), True
-                    await session.execute(
-                        insert(Conversation).values(
-                            id=conv_id,
-                            user_id=user_id,
-                            title=make_title(content),
-                            created_at=now,
-                            updated_at=now,
-                        )
+        is_new = conversation_id is None
+        conv_id = conversation_id or uuid.uuid4()
+
+        # Core statements on a plain connection, in one transaction that may run inline (see
+        # Direct): this is on the way to the first token.
+        def work(conn: Connection) -> list[tuple[str, str, str]]:
+            history: list[tuple[str, str, str]] = []
+            if is_new:
+                conn.execute(
+                    insert(Conversation).values(
+                        id=conv_id,
+                        user_id=user_id,
+                        title=make_title(content),
+                        created_at=now,
+                        updated_at=now,
                     )
-                    history: list[tuple[str, str, str]] = []
-                else:
-                    conv_id, is_new = conversation_id, False
-                    owner = await session.scalar(
-                        select(Conversation.user_id).where(Conversation.id == conv_id)
-                    )
-                    if owner != user_id:
-                        raise ConversationNotFoundError()
-                    if await self._has_streaming(session, conv_id):
-                        raise GenerationInProgressError()
-                    history = await self._history(session, conv_id)
-                    await session.execute(
-                        update(Conversation)
-                        .where(Conversation.id == conv_id)
-                        .values(updated_at=now)
-                    )
-                await session.execute(
-                    insert(Message),
-                    [
-                        {
-                            "id": user_msg_id,
-                            "conversation_id": conv_id,
-                            "role": MessageRole.USER,
-                            "content": content,
-                            "status": MessageStatus.COMPLETE,
-                            "token_count": 0,
-                            "event_seq": None,
-                            "heartbeat_at": None,
-                            "created_at": now,
-                        },
-                        {
-                            "id": reply_id,
-                            "conversation_id": conv_id,
-                            "role": MessageRole.ASSISTANT,
-                            "content": "",
-                            "status": MessageStatus.STREAMING,
-                            "token_count": 0,
-                            "event_seq": 1,
-                            "heartbeat_at": now,
-                            # One microsecond later: the reply sorts after its question.
-                            "created_at": now + timedelta(microseconds=1),
-                        },
-                    ],
                 )
+            else:
+                owner = conn.scalar(_CONVERSATION_OWNER, {"conversation_id": conv_id})
+                if owner != user_id:
+                    raise ConversationNotFoundError()
+                if conn.execute(_STREAMING_REPLY, {"conversation_id": conv_id}).first():
+                    raise GenerationInProgressError()
+                rows = conn.execute(
+                    _HISTORY, {"conversation_id": conv_id, "limit": self._context_messages}
+                ).all()
+                history = [(r.role, r.content, r.status) for r in reversed(rows)]
+                conn.execute(
+                    update(Conversation).where(Conversation.id == conv_id).values(updated_at=now)
+                )
+            conn.execute(
+                insert(Message),
+                [
+                    {
+                        "id": user_msg_id,
+                        "conversation_id": conv_id,
+                        "role": MessageRole.USER,
+                        "content": content,
+                        "status": MessageStatus.COMPLETE,
+                        "token_count": 0,
+                        "event_seq": None,
+                        "heartbeat_at": None,
+                        "created_at": now,
+                    },
+                    {
+                        "id": reply_id,
+                        "conversation_id": conv_id,
+                        "role": MessageRole.ASSISTANT,
+                        "content": "",
+                        "status": MessageStatus.STREAMING,
+                        "token_count": 0,
+                        "event_seq": 1,
+                        "heartbeat_at": now,
+                        # One microsecond later: the reply sorts after its question.
+                        "created_at": now + timedelta(microseconds=1),
+                    },
+                ],
+            )
+            return history
+
+        try:
+            history = await self._direct.transaction(work)
         except IntegrityError:
             raise GenerationInProgressError() from None
         context = build_context(
             [*history, ("user", content, MessageStatus.COMPLETE)], self._context_messages
         )
         return ReplyStart(conv_id, is_new, user_msg_id, reply_id, context)
-
-    async def _history(
-        self, session: AsyncSession, conversation_id: uuid.UUID
-    ) -> list[tuple[str, str, str]]:
-        rows = (
-            await session.execute(
-                select(Message.role, Message.content, Message.status)
-                .where(
-                    Message.conversation_id == conversation_id,
-                    Message.status != MessageStatus.STREAMING,
-                    func.length(Message.content) > 0,
-                )
-                .order_by(Message.created_at.desc(), Message.id.desc())
-                .limit(self._context_messages)
-            )
-        ).all()
-        return [(r.role, r.content, r.status) for r in reversed(rows)]
-
-    async def _has_streaming(self, session: AsyncSession, conversation_id: uuid.UUID) -> bool:
-        found = await session.execute(
-            select(Message.id).where(
-                Message.conversation_id == conversation_id,
-                Message.status == MessageStatus.STREAMING,
-            )
-        )
-        return found.first() is not None
 
     @staticmethod
     async def _owned(

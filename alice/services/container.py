@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from alice.core.config import Settings
-from alice.core.database import Reads
+from alice.core.database import Direct
 from alice.core.metrics import Metrics
 from alice.core.ratelimit import RateLimiter
 from alice.services.ai.base import AIProvider
@@ -22,7 +22,7 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    reads: Reads
+    direct: Direct
     limiter: RateLimiter
     auth: AuthService
     chat: ChatService

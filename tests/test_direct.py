@@ -1,0 +1,192 @@
+"""The statements of the hottest paths (alice.core.database.Direct): on SQLite they run on the
+event loop through connections of their own; they must still see every commit at once, write
+all or nothing, and never make the loop wait on a lock."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from alice.core.config import Settings
+from alice.core.database import Direct, create_engine
+from alice.main import create_app
+from tests.conftest import TEST_SETTINGS, client_for
+
+_R = TypeVar("_R")
+_t = Table("t", MetaData(), Column("x", Integer, primary_key=True))
+
+
+def _wal_file(tmp_path: Path) -> Path:
+    path = tmp_path / "locked.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+    conn.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    conn.close()
+    return path
+
+
+async def test_a_logout_through_one_process_is_refused_by_another_at_once(app, settings, make_user):
+    # Two applications on one database, each with its own engines and connections, as two
+    # worker processes have. B has read the user (it would answer from a stale snapshot or cache);
+    # A ends the session; B must refuse the token on the very next request.
+    user = await make_user()
+    other = create_app(settings)
+    async with LifespanManager(other), client_for(app) as a, client_for(other) as b:
+        for _ in range(2):
+            assert (await b.get("/api/v1/auth/me", headers=user.headers)).status_code == 200
+        assert (await a.post("/api/v1/auth/logout", headers=user.headers)).status_code == 204
+        refused = await b.get("/api/v1/auth/me", headers=user.headers)
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "INVALID_TOKEN"
+
+
+def _hold_exclusively(path: Path, seconds: float) -> None:
+    """Another writer holds the file until `seconds` from now (locking_mode=EXCLUSIVE keeps
+    even WAL readers out)."""
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA locking_mode=EXCLUSIVE")
+    writer.execute("BEGIN EXCLUSIVE")
+    writer.execute("INSERT INTO t VALUES (2)")
+
+    def release() -> None:
+        writer.execute("COMMIT")
+        writer.close()
+
+    asyncio.get_running_loop().call_later(seconds, release)
+
+
+async def _while_ticking(work: Callable[[], Awaitable[_R]]) -> tuple[_R, float, int]:
+    """What `work` returns, how long it took, and how often the loop ran meanwhile."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.create_task(ticker())
+    try:
+        started = time.monotonic()
+        result = await work()
+        return result, time.monotonic() - started, ticks
+    finally:
+        ticking.cancel()
+
+
+@pytest.fixture
+async def locked(tmp_path: Path) -> AsyncIterator[tuple[Direct, Path]]:
+    path = _wal_file(tmp_path)
+    settings = Settings(**TEST_SETTINGS, database_url=f"sqlite+aiosqlite:///{path}")
+    engine = create_engine(settings)
+    direct = Direct(engine)
+    assert direct.inline
+    _hold_exclusively(path, 0.3)
+    try:
+        yield direct, path
+    finally:
+        direct.close()
+        await engine.dispose()
+
+
+async def test_a_read_that_would_wait_for_a_lock_goes_to_the_engine_and_the_loop_runs_on(
+    locked,
+):
+    direct, _ = locked
+    rows, waited, ticks = await _while_ticking(lambda: direct.all(select(_t.c.x).order_by(_t.c.x)))
+    # The read waited for the lock (through aiosqlite's busy handler) and saw the commit...
+    assert [r.x for r in rows] == [1, 2]
+    assert waited >= 0.25
+    # ...while the loop went on: a read waiting on the loop itself would have stopped it.
+    assert ticks >= 10
+
+
+async def test_a_transaction_that_would_wait_for_a_lock_goes_to_the_engine_and_runs_once(
+    locked,
+):
+    direct, path = locked
+    runs = 0
+
+    def work(conn: Connection) -> list[int]:
+        nonlocal runs
+        runs += 1
+        conn.execute(insert(_t).values(x=3))
+        return [r.x for r in conn.execute(select(_t.c.x).order_by(_t.c.x))]
+
+    seen, waited, ticks = await _while_ticking(lambda: direct.transaction(work))
+    # Inside its transaction the work saw the other writer's commit and its own row.
+    assert seen == [1, 2, 3]
+    assert waited >= 0.25
+    assert ticks >= 10
+    # The inline attempt was refused at BEGIN IMMEDIATE, before the work ran: it ran once.
+    assert runs == 1
+    check = sqlite3.connect(path)
+    assert [r[0] for r in check.execute("SELECT x FROM t ORDER BY x")] == [1, 2, 3]
+    check.close()
+
+
+async def test_an_inline_transaction_commits_all_or_nothing(tmp_path):
+    path = _wal_file(tmp_path)
+    settings = Settings(**TEST_SETTINGS, database_url=f"sqlite+aiosqlite:///{path}")
+    engine = create_engine(settings)
+    direct = Direct(engine)
+
+    def fails_after_a_write(conn: Connection) -> None:
+        conn.execute(insert(_t).values(x=5))
+        raise RuntimeError("the work fails")
+
+    def duplicate(conn: Connection) -> None:
+        conn.execute(insert(_t).values(x=6))
+        conn.execute(insert(_t).values(x=1))  # the primary key is taken
+
+    def adds(conn: Connection) -> None:
+        conn.execute(insert(_t).values(x=7))
+
+    try:
+        with pytest.raises(RuntimeError):
+            await direct.transaction(fails_after_a_write)
+        with pytest.raises(IntegrityError):
+            await direct.transaction(duplicate)
+        await direct.transaction(adds)
+        # What the async engine (another connection) sees: only the committed work.
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(_t.c.x).order_by(_t.c.x))).all()
+        assert [r.x for r in rows] == [1, 7]
+    finally:
+        direct.close()
+        await engine.dispose()
+
+
+async def test_an_in_memory_database_is_read_through_the_engine():
+    settings = Settings(**TEST_SETTINGS, database_url="sqlite+aiosqlite://")
+    engine = create_engine(settings)
+    try:
+        assert not Direct(engine).inline
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("statement", ["INSERT INTO t VALUES (3)", "DELETE FROM t"])
+def test_the_inline_connection_cannot_write(tmp_path, statement):
+    path = _wal_file(tmp_path)
+    settings = Settings(**TEST_SETTINGS, database_url=f"sqlite+aiosqlite:///{path}")
+    direct = Direct(create_engine(settings))
+    try:
+        with direct._read_engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                raw.execute(statement)
+    finally:
+        direct.close()
