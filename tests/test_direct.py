@@ -13,7 +13,17 @@ from typing import TypeVar
 
 import pytest
 from asgi_lifespan import LifespanManager
-from sqlalchemy import Column, Connection, Integer, MetaData, Table, insert, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    Table,
+    bindparam,
+    event,
+    insert,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 
 from alice.core.config import Settings
@@ -190,3 +200,57 @@ def test_the_inline_connection_cannot_write(tmp_path, statement):
                 raw.execute(statement)
     finally:
         direct.close()
+
+
+async def test_a_user_disabled_through_another_connection_is_refused_at_once(
+    app, client, backend, settings, make_user
+):
+    # The user row is remembered while the database is unchanged (SQLite); a commit by any
+    # other connection, here a bare sqlite3 one standing for another process, must be seen
+    # on the very next request.
+    if backend != "sqlite":
+        pytest.skip("a bare sqlite3 connection to the database file")
+    user = await make_user()
+    for _ in range(2):
+        assert (await client.get("/api/v1/auth/me", headers=user.headers)).status_code == 200
+    other = sqlite3.connect(settings.database_url.split("///", 1)[1])
+    other.execute("UPDATE users SET is_active = 0")
+    other.commit()
+    other.close()
+    refused = await client.get("/api/v1/auth/me", headers=user.headers)
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "ACCOUNT_DISABLED"
+
+
+async def test_rows_are_remembered_only_while_nothing_is_committed(tmp_path):
+    path = _wal_file(tmp_path)
+    settings = Settings(**TEST_SETTINGS, database_url=f"sqlite+aiosqlite:///{path}")
+    engine = create_engine(settings)
+    direct = Direct(engine)
+    selects: list[str] = []
+    event.listen(
+        direct._read_engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, *_: (
+            selects.append(statement) if statement.startswith("SELECT") else None
+        ),
+    )
+    query = select(_t.c.x).where(_t.c.x == bindparam("x"))
+    try:
+        first = await direct.first_unless_unchanged(1, query, {"x": 1})
+        again = await direct.first_unless_unchanged(1, query, {"x": 1})
+        assert first is not None and again is not None and first.x == again.x == 1
+        assert len(selects) == 1  # the second came from memory
+        # Any commit, by any other connection, even to another row: the next one reads.
+        await direct.transaction(lambda conn: conn.execute(insert(_t).values(x=9)))
+        assert (await direct.first_unless_unchanged(1, query, {"x": 1})) is not None
+        assert len(selects) == 2
+        other = sqlite3.connect(path)
+        other.execute("DELETE FROM t WHERE x = 1")
+        other.commit()
+        other.close()
+        assert await direct.first_unless_unchanged(1, query, {"x": 1}) is None
+        assert len(selects) == 3
+    finally:
+        direct.close()
+        await engine.dispose()

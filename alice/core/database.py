@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sqlite3
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple, cast
@@ -34,6 +34,7 @@ POOL_TIMEOUT_SECONDS = 3
 log = logging.getLogger("alice.database")
 _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
+_REMEMBERED_ROWS = 10_000
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -139,6 +140,8 @@ class Direct:
         self._engine = engine
         self._reader: Connection | None = None
         self._writer: Connection | None = None
+        self._remembered: dict[Hashable, Any] = {}
+        self._remembered_version: int | None = None
         url = engine.url
         self.inline = url.get_backend_name() == "sqlite" and url.database not in (
             None,
@@ -168,6 +171,41 @@ class Direct:
     ) -> Row[*_Ts] | None:
         rows = await self.all(statement, params)
         return rows[0] if rows else None
+
+    async def first_unless_unchanged(
+        self, key: Hashable, statement: Select[*_Ts], params: Mapping[str, object]
+    ) -> Row[*_Ts] | None:
+        """`first(statement, params)`, answered from memory when the database has not changed
+        since this process read it for `key`: on SQLite, `PRAGMA data_version` tells, in
+        2 µs, whether any other connection of any process has committed since (this one never
+        writes). Any commit anywhere forgets every remembered row. Elsewhere, always a read."""
+        if not self.inline:
+            return await self.first(statement, params)
+        try:
+            version = self._data_version()
+        except OperationalError as exc:
+            if not _sqlite_busy(exc):
+                raise
+            return await self.first(statement, params)
+        if version != self._remembered_version:
+            self._remembered.clear()
+            self._remembered_version = version
+        elif key in self._remembered:
+            return self._remembered[key]
+        row = await self.first(statement, params)
+        if len(self._remembered) >= _REMEMBERED_ROWS:
+            self._remembered.pop(next(iter(self._remembered)))  # the oldest
+        self._remembered[key] = row
+        return row
+
+    def _data_version(self) -> int:
+        conn = self._reader
+        if conn is None or conn.closed:
+            conn = self._reader = self._read_engine.connect()
+        try:
+            return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+        finally:
+            conn.rollback()
 
     async def transaction(self, work: Callable[[Connection], _T]) -> _T:
         """`work(connection)` in one transaction: committed when it returns, rolled back when
