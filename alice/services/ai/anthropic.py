@@ -180,30 +180,43 @@ class AnthropicProvider(AIProvider):
             # `async with` closes the HTTP response on every exit: normal end, error,
             # CancelledError and GeneratorExit (aclose) alike, so the provider sees the
             # request closed as soon as the consumer goes away.
-            # The raw event stream (`create(stream=True)`), not `messages.stream()`: the
-            # latter also accumulates a snapshot of the message and yields a derived event
-            # per delta, which doubled the SDK's work per token for nothing we use.
-            stream = await self._client.messages.create(**params, stream=True)
+            # The SDK's request (its headers, retries, status errors) and stream (its SSE
+            # decoding, in-band `error` events), with each event left as the JSON object it
+            # came as: `client.post(cast_to=object)`, the SDK's own way to a raw result.
+            # `messages.create(stream=True)` builds a typed object per event, and
+            # `messages.stream()` a snapshot of the message besides: that was half of the
+            # CPU of a token, for fields we do not read.
+            stream = await self._client.post(
+                "/v1/messages",
+                body={**params, "stream": True},
+                cast_to=object,
+                stream=True,
+                stream_cls=anthropic.AsyncStream[object],
+            )
             async with stream:
                 request_id = stream.response.headers.get("request-id")
                 try:
-                    async for event in stream:
+                    async for raw in stream:
                         if completed:
                             continue  # nothing after message_stop counts
-                        if event.type == "content_block_delta":
-                            if event.delta.type == "text_delta" and event.delta.text:
-                                yield TextDelta(event.delta.text)
+                        event: dict[str, Any] = raw  # type: ignore[assignment]
+                        kind = event.get("type")
+                        if kind == "content_block_delta":
+                            delta = event["delta"]
+                            if delta.get("type") == "text_delta" and delta.get("text"):
+                                yield TextDelta(delta["text"])
                             continue
-                        if event.type == "message_start":
-                            usage = event.message.usage
-                            input_tokens = usage.input_tokens or 0
-                            output_tokens = usage.output_tokens or 0
-                        elif event.type == "message_delta":
+                        if kind == "message_start":
+                            usage = event["message"]["usage"]
+                            input_tokens = usage.get("input_tokens") or 0
+                            output_tokens = usage.get("output_tokens") or 0
+                        elif kind == "message_delta":
                             # Cumulative counts: assign, never add.
-                            if event.usage.input_tokens is not None:
-                                input_tokens = event.usage.input_tokens
-                            output_tokens = event.usage.output_tokens
-                        elif event.type == "message_stop":
+                            usage = event["usage"]
+                            if usage.get("input_tokens") is not None:
+                                input_tokens = usage["input_tokens"]
+                            output_tokens = usage.get("output_tokens") or 0
+                        elif kind == "message_stop":
                             completed = True
                         else:
                             continue
