@@ -54,8 +54,13 @@ _ERROR_CODES = {
 }
 
 
+# One encoder for every event: `json.dumps` with options builds a new one per call, which
+# was a third of the generation loop's own time per token.
+_ENCODER = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False)
+
+
 def dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(", ", ": "), ensure_ascii=False)
+    return _ENCODER.encode(data)
 
 
 def error_data(code: ErrorCode) -> str:
