@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -254,3 +255,26 @@ async def test_rows_are_remembered_only_while_nothing_is_committed(tmp_path):
     finally:
         direct.close()
         await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "2026-03-01 12:34:56.789012",  # what SQLAlchemy writes: the one-call path
+        "2026-03-01 12:34:56",  # written by something else: the general path
+        "2026-03-01T12:34:56.789+00:00",
+    ],
+)
+def test_sqlite_timestamps_are_read_as_aware_utc_whichever_way_they_were_written(stored):
+    from sqlalchemy.dialects import sqlite
+
+    from alice.models.base import UTCDateTime
+
+    dialect = sqlite.dialect()
+    process = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)
+    value = process(stored)
+    expected = datetime.fromisoformat(stored)
+    expected = expected.replace(tzinfo=UTC) if expected.tzinfo is None else expected
+    assert value == expected
+    assert value.utcoffset() == timedelta(0)
+    assert process(None) is None

@@ -15,6 +15,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_SQLITE_TEXT_LENGTH = len("2026-01-01 12:00:00.000000")
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A UTC timestamp with microseconds: timestamptz on PostgreSQL, ISO text on SQLite,
     always an aware datetime in Python."""
@@ -31,6 +34,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         if dialect.name == "sqlite":
             return value.replace(tzinfo=None)
         return value
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        processor = super().result_processor(dialect, coltype)
+        if dialect.name != "sqlite":
+            return processor
+
+        # SQLite keeps the text SQLAlchemy wrote for it, UTC without an offset and always
+        # with microseconds ("2026-01-01 12:00:00.000000"): read in one call, aware at once.
+        # The general way (parse, then `replace(tzinfo=UTC)`) cost six times as much, and
+        # the lists read it for every row.
+        def process(value: Any) -> Any:
+            if type(value) is str and len(value) == _SQLITE_TEXT_LENGTH:
+                return datetime.fromisoformat(value + "+00:00")
+            return processor(value) if processor else value
+
+        return process
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:

@@ -135,11 +135,9 @@ async def list_conversations(
 ) -> Response:
     """The user's conversations, most recently updated first."""
     items, next_cursor = await services.chat.list_conversations(user.id, limit, cursor)
-    return ModelResponse(
-        ConversationPage(
-            items=[ConversationResponse.model_validate(c) for c in items], next_cursor=next_cursor
-        )
-    )
+    # One validation of the whole page (the rows' attributes read in pydantic-core).
+    page = ConversationPage.model_validate({"items": items, "next_cursor": next_cursor})
+    return ModelResponse(page)
 
 
 @router.get(
