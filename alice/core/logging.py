@@ -105,6 +105,14 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     root.setLevel(level)
     # uvicorn's own access log would repeat ours without the request id.
     logging.getLogger("uvicorn.access").disabled = True
+    _quiet_http_client()
+
+
+def _quiet_http_client() -> None:
+    # The SDK's HTTP client logs every request at INFO ("HTTP Request: POST .../v1/messages
+    # 200 OK"): one line per reply that says nothing the access log and the AI error log do
+    # not. Its warnings and errors still come through.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 
 def logging_config(log_format: str, level: int = logging.INFO) -> dict[str, Any]:
@@ -116,6 +124,7 @@ def logging_config(log_format: str, level: int = logging.INFO) -> dict[str, Any]
         "handlers": {"alice": {"()": "alice.core.logging.make_handler", "log_format": log_format}},
         "root": {"handlers": ["alice"], "level": logging.getLevelName(level)},
         "loggers": {
+            "httpx2": {"level": "WARNING"},
             "uvicorn": {"handlers": [], "propagate": True},
             "uvicorn.error": {"handlers": [], "propagate": True},
             "uvicorn.access": {"handlers": [], "propagate": False},
