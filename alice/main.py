@@ -117,6 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Accounts with JWT auth, and conversations with Claude streamed over SSE.",
         lifespan=lifespan,
+        # ALICE exports Prometheus metrics (/metrics) and logs; FastAPI's native OpenTelemetry
+        # looked up the global OTel providers (and the environment) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
     # Routers carry their full prefix, so a route's template (logs, metrics) is its whole path.

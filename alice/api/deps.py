@@ -47,7 +47,8 @@ class _AuthenticatedUser(HTTPBearer):
         services: Services = request.app.state.services
         user = await services.auth.authenticate(credentials.credentials)
         request.state.user_id = user.id
-        await _count(request, services, self._item, self._name, str(user.id))
+        if services.limiter.enabled:
+            await _count(request, services, self._item, self._name, str(user.id))
         return user
 
 

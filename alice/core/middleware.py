@@ -40,7 +40,8 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope)
+        head = _Head(scope)
+        request_id = head.request_id
         token = request_id_var.set(request_id)
         user_token = user_id_var.set(None)
         state = scope.setdefault("state", {})
@@ -64,12 +65,12 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            if _head_size(scope) > MAX_HEADER_BYTES:
+            if head.size > MAX_HEADER_BYTES:
                 await _send_error(
                     send_wrapper, 431, ErrorCode.PAYLOAD_TOO_LARGE, HEADERS_TOO_LARGE_DETAIL
                 )
                 return
-            length = _content_length(scope)
+            length = head.content_length
             if length is not None and length > MAX_BODY_BYTES:
                 await _send_error(send_wrapper, 413, ErrorCode.PAYLOAD_TOO_LARGE)
                 return
@@ -121,31 +122,33 @@ class EdgeMiddleware:
             user_id_var.reset(user_token)
 
 
-def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            candidate = value.decode("latin-1")
-            if _SANE_REQUEST_ID.match(candidate):
-                return candidate
-            break
-    return uuid.uuid4().hex
+class _Head:
+    """What the edge needs of a request's head, in one pass over its headers: the request id
+    (the client's when sane, else a new one), the head's size, and Content-Length."""
 
+    __slots__ = ("request_id", "size", "content_length")
 
-def _head_size(scope: Scope) -> int:
-    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-    for name, value in scope["headers"]:
-        size += len(name) + len(value)
-    return size
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    def __init__(self, scope: Scope) -> None:
+        request_id: str | None = None
+        content_length: int | None = None
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        seen_id = seen_length = False
+        for name, value in scope["headers"]:
+            size += len(name) + len(value)
+            if name == b"x-request-id" and not seen_id:
+                seen_id = True
+                candidate = value.decode("latin-1")
+                if _SANE_REQUEST_ID.match(candidate):
+                    request_id = candidate
+            elif name == b"content-length" and not seen_length:
+                seen_length = True
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    content_length = None
+        self.request_id = request_id or uuid.uuid4().hex
+        self.size = size
+        self.content_length = content_length
 
 
 async def _send_error(send: Send, status: int, code: ErrorCode, detail: str | None = None) -> None:
