@@ -158,6 +158,28 @@ async def test_provider_silent_past_ai_timeout_keeps_partial(settings, ai_settin
     assert stored[1]["status"] == "incomplete" and stored[1]["content"] == "tok0 "
 
 
+async def test_ai_timeout_counts_from_the_last_event_never_sooner(settings, ai_settings):
+    # Events 0.3 s apart never trip a 0.5 s idle limit, however long the reply; after the
+    # first token only pings come (bytes, so the HTTP read timeout never fires; no events):
+    # the limit trips, no sooner than 0.5 s after that token.
+    s2 = settings.model_copy(update={**ai_settings, "ai_timeout_seconds": 0.5})
+    async with serve(s2) as (app, url):
+        user = await app.state.services.auth.register("t@example.com", "SecurePass123", None)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            steady = await send(client, user.access_token, "[[tokens:8]] [[delay:300]]")
+            assert steady.names[-1] == "done" and len(steady.tokens) == 8
+            started = time.monotonic()
+            silent = await send(
+                client, user.access_token, "[[tokens:2]] [[delay:3000]] [[pings:100]]"
+            )
+            took = time.monotonic() - started
+    assert silent.names == ["conversation", "token", "error"]
+    assert json.loads(silent.terminal.data)["code"] == "AI_SERVICE_UNAVAILABLE"
+    assert 0.5 <= took < 2.5
+
+
 async def test_client_disconnect_reply_runs_to_its_end(live, fake_anthropic):
     user = await live.user()
     async with live.client() as client:

@@ -265,9 +265,16 @@ class GenerationRegistry:
         append = self._log.append
         try:
             try:
-                async with asyncio.timeout(None) as timer:
+                # The idle limit is pushed out only once less than `idle` is left, to 1.1 ×
+                # `idle`: a reply fails between `idle` and 1.1 × `idle` after its last event
+                # (never sooner), with one timer change per 0.1 × `idle` instead of one per
+                # token (which was a quarter of this loop's own time).
+                slack = idle * 0.1
+                async with asyncio.timeout_at(min(deadline, loop.time() + idle + slack)) as timer:
                     while True:
-                        timer.reschedule(min(deadline, loop.time() + idle))
+                        when = timer.when()
+                        if when is not None and when < deadline and when - loop.time() < idle:
+                            timer.reschedule(min(deadline, loop.time() + idle + slack))
                         try:
                             event = await anext(stream)
                         except StopAsyncIteration:

@@ -19,6 +19,8 @@ Markers in the text of the LAST user message drive each request:
     [[error_after:K:T]]   ... with error type T (api_error, rate_limit_error, ...)
     [[drop_after:K]]      after K deltas, close the TCP connection mid-body (no message_stop)
     [[end_after:K]]       after K deltas, end the HTTP body cleanly but without message_stop
+    [[pings:MS]]          while waiting between deltas, a `ping` event every MS milliseconds
+                          (bytes keep coming, events do not: as the API does)
 
 Usage is deterministic: `input_tokens_for(body)` in `message_start`, `output_tokens` = the
 number of deltas in `message_delta` (message_start reports 1, as the API does).
@@ -135,6 +137,7 @@ class Markers:
     error_type: str = DEFAULT_ERROR_AFTER_TYPE
     drop_after: int | None = None
     end_after: int | None = None
+    pings_ms: float = 0
 
 
 def parse_markers(text: str) -> Markers:
@@ -162,6 +165,8 @@ def parse_markers(text: str) -> Markers:
                 m.drop_after = int(parts[0])
             elif name == "end_after":
                 m.end_after = int(parts[0])
+            elif name == "pings":
+                m.pings_ms = max(float(parts[0]), 0)
         except (IndexError, ValueError):
             continue
     return m
@@ -581,7 +586,15 @@ class FakeAnthropicServer:
             if i == markers.tokens:
                 break
             if i and delay:
-                await pause(delay)
+                if markers.pings_ms:
+                    waited, every = 0.0, markers.pings_ms / 1000
+                    while waited + every < delay:
+                        await pause(every)
+                        waited += every
+                        await send("ping", {"type": "ping"})
+                    await pause(delay - waited)
+                else:
+                    await pause(delay)
             await send(
                 "content_block_delta",
                 {
