@@ -292,6 +292,12 @@ class GenerationRegistry:
                                 ),
                             )
                             self._metrics.tokens(1, mid in self._readers)
+                            if index == 0:
+                                # The first chunk of a reply often carries several events;
+                                # let its readers send the first token before the SDK parses
+                                # the rest (it does not yield to the loop while data is
+                                # buffered): ~1 ms off the time to first token.
+                                await asyncio.sleep(0)
                         elif type(event) is Usage:
                             run.input_tokens = event.input_tokens
                             run.output_tokens = event.output_tokens
