@@ -623,11 +623,13 @@ async def walk(job: dict[str, Any]) -> dict[str, Any]:
     cursor: str | None = None
     error = None
     deadline = clock() + job.get("max_seconds", 300)
+    paths: list[str] = []
     for _ in range(job["max_pages"]):
         if clock() > deadline:
             error = "time budget exhausted"
             break
         path = base + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else "")
+        paths.append(path)
         t = clock()
         status, data = await asyncio.wait_for(conn.request("GET", path, headers), 30)
         times.append(clock() - t)
@@ -639,8 +641,29 @@ async def walk(job: dict[str, Any]) -> dict[str, Any]:
         cursor = page["next_cursor"]
         if not cursor:
             break
+    # The edges again, a first page and a last page in turn, so that both are timed in the
+    # same moments: this machine's speed drifts over the seconds of a walk, which made the
+    # walk's own first and last pages differ by up to 2x either way at equal cost.
+    k = min(job.get("edge_pages", 0), len(paths) // 4)
+    first_again: list[float] = []
+    last_again: list[float] = []
+    for _ in range(job.get("edge_rounds", 0) if error is None else 0):
+        for a, b in zip(paths[:k], paths[-k:], strict=True):
+            for path, into in ((a, first_again), (b, last_again)):
+                t = clock()
+                status, _ = await asyncio.wait_for(conn.request("GET", path, headers), 30)
+                into.append(clock() - t)
+                if status != 200:
+                    error = f"status {status} on an edge page"
     conn.close()
-    return {"pages": len(times), "items": items, "times": times, "error": error}
+    return {
+        "pages": len(times),
+        "items": items,
+        "times": times,
+        "error": error,
+        "first_again": first_again,
+        "last_again": last_again,
+    }
 
 
 MODES = {"ttft": ttft, "streams": streams, "http": http_load, "stall": stall, "walk": walk}

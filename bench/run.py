@@ -693,13 +693,16 @@ def figure_walk(env: Env, plan: Plan, user: User) -> list[Figure]:
         "limit": limit,
         "max_pages": plan.walk_messages // limit + 5,
         "max_seconds": 300,
+        "edge_pages": plan.walk_edge_pages,
+        "edge_rounds": 3,
     }
-    log("page cost: walking the conversation")
+    log("page cost: walking the conversation, then its first and last pages in turn")
     r = procs.run_client(job, timeout=360)
     times = r["times"]
     k = min(plan.walk_edge_pages, max(len(times) // 4, 1))
-    first = percentile(times[:k], 50)
-    last = percentile(times[-k:], 50)
+    # The figure: the edge pages fetched again in turn (same moments, same cache state).
+    first = percentile(r["first_again"] or times[:k], 50)
+    last = percentile(r["last_again"] or times[-k:], 50)
     rr = ratio(last, first)
     complete = r["items"] == plan.walk_messages and r["error"] is None
     return [
@@ -709,7 +712,7 @@ def figure_walk(env: Env, plan: Plan, user: User) -> list[Figure]:
             unit="ms/page",
             value=None if last is None else last * 1000,
             baseline=None if first is None else first * 1000,
-            baseline_label=f"median of the first {k} pages",
+            baseline_label=f"median of the first {k} pages (in turn with the last)",
             ratio=rr,
             target="last/first <= 1.2",
             met=None if rr is None else (rr <= 1.2 and complete),
@@ -719,8 +722,11 @@ def figure_walk(env: Env, plan: Plan, user: User) -> list[Figure]:
                 "error": r["error"],
                 "edge_pages": k,
                 "all_pages_ms": summary_ms(times),
+                "walk_first_pages_ms": summary_ms(times[:k]),
+                "walk_last_pages_ms": summary_ms(times[-k:]),
+                "edge_fetches_each": len(r["first_again"]),
                 "seed_seconds": round(seed_seconds, 2),
-                "value_is": f"median of the last {k} pages",
+                "value_is": f"median of the last {k} pages, fetched in turn with the first",
             },
         )
     ]
