@@ -142,8 +142,10 @@ async def test_a_transaction_that_would_wait_for_a_lock_goes_to_the_engine_and_r
     assert ticks >= 10
     # The inline attempt was refused at BEGIN IMMEDIATE, before the work ran: it ran once.
     assert runs == 1
+    # The inline connection is usable again once the lock is free.
+    await direct.transaction(lambda conn: conn.execute(insert(_t).values(x=4)))
     check = sqlite3.connect(path)
-    assert [r[0] for r in check.execute("SELECT x FROM t ORDER BY x")] == [1, 2, 3]
+    assert [r[0] for r in check.execute("SELECT x FROM t ORDER BY x")] == [1, 2, 3, 4]
     check.close()
 
 
