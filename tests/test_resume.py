@@ -653,7 +653,10 @@ async def test_forty_replies_and_forty_readers_on_a_pool_of_five(backend, settin
         pytest.skip("the connection pool is PostgreSQL's")
     async with served(settings, ai_settings, database_pool_size=5, rate_limit_enabled=False) as srv:
         posts = [
-            background_send(srv.client, srv.token, "[[tokens:40]] [[delay:50]]") for _ in range(40)
+            # 4 s replies: long enough that the streams are all still open while /auth/me is
+            # asked below, however fast the replies start.
+            background_send(srv.client, srv.token, "[[tokens:80]] [[delay:50]]")
+            for _ in range(40)
         ]
         readers: list[tuple[Stream, asyncio.Task[Stream]]] = []
         for post, _ in posts:
@@ -681,7 +684,7 @@ async def test_forty_replies_and_forty_readers_on_a_pool_of_five(backend, settin
     for s in results:
         assert s.status == 200
         assert s.terminal.event == "done", s.names[-3:]
-        assert s.text == expected_text(40)
+        assert s.text == expected_text(80)
     for (post, _), (reader, _) in zip(posts, readers, strict=True):
         assert triples(reader) == triples(post)
 
