@@ -244,16 +244,20 @@ async def test_rows_are_remembered_only_while_nothing_is_committed(tmp_path):
         again = await direct.first_unless_unchanged(1, query, {"x": 1})
         assert first is not None and again is not None and first.x == again.x == 1
         assert len(selects) == 1  # the second came from memory
+        # The same key under another statement is another row: read, not remembered.
+        other = select(_t.c.x).where(_t.c.x == bindparam("x") + 0)
+        assert (await direct.first_unless_unchanged(1, other, {"x": 1})) is not None
+        assert len(selects) == 2
         # Any commit, by any other connection, even to another row: the next one reads.
         await direct.transaction(lambda conn: conn.execute(insert(_t).values(x=9)))
         assert (await direct.first_unless_unchanged(1, query, {"x": 1})) is not None
-        assert len(selects) == 2
+        assert len(selects) == 3
         other = sqlite3.connect(path)
         other.execute("DELETE FROM t WHERE x = 1")
         other.commit()
         other.close()
         assert await direct.first_unless_unchanged(1, query, {"x": 1}) is None
-        assert len(selects) == 3
+        assert len(selects) == 4
     finally:
         direct.close()
         await engine.dispose()

@@ -184,6 +184,8 @@ class Direct:
         version = self._data_version()
         if version is None:
             return await self.first(statement, params)
+        # The statement is part of the key: one key under two statements is two rows.
+        key = (statement, key)
         if version != self._remembered_version:
             self._remembered.clear()
             self._remembered_version = version
