@@ -616,7 +616,9 @@ async def stall(job: dict[str, Any]) -> dict[str, Any]:
 async def walk(job: dict[str, Any]) -> dict[str, Any]:
     port = job["port"]
     headers = auth(job["token"])
-    base = f"/api/v1/chat/conversations/{job['conversation_id']}/messages?limit={job['limit']}"
+    base = job.get("path") or (
+        f"/api/v1/chat/conversations/{job['conversation_id']}/messages?limit={job['limit']}"
+    )
     conn = await Conn.open(port)
     times: list[float] = []
     items = 0

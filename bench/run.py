@@ -732,6 +732,53 @@ def figure_walk(env: Env, plan: Plan, user: User) -> list[Figure]:
     ]
 
 
+def figure_search(env: Env, plan: Plan, user: User) -> list[Figure]:
+    """Search pages walked over the walk's conversation: every one of its messages holds
+    "lorem", so the walk pages through all of them, newest first."""
+    assert env.alice is not None
+    limit = 50
+    job = {
+        "mode": "walk",
+        "port": env.alice_port,
+        "token": user.access,
+        "path": f"/api/v1/chat/search?q=lorem&limit={limit}",
+        "limit": limit,
+        "max_pages": plan.walk_messages // limit + 5,
+        "max_seconds": 300,
+        "edge_pages": plan.walk_edge_pages,
+        "edge_rounds": 3,
+    }
+    log("search cost: walking the search pages of one word, then the first and last in turn")
+    r = procs.run_client(job, timeout=360)
+    times = r["times"]
+    k = min(plan.walk_edge_pages, max(len(times) // 4, 1))
+    first = percentile(r["first_again"] or times[:k], 50)
+    last = percentile(r["last_again"] or times[-k:], 50)
+    rr = ratio(last, first)
+    complete = r["items"] == plan.walk_messages and r["error"] is None
+    return [
+        Figure(
+            key="search_page_cost_ratio",
+            name=f"search page cost at depth ({plan.walk_messages:,} hits, limit 50)",
+            unit="ms/page",
+            value=None if last is None else last * 1000,
+            baseline=None if first is None else first * 1000,
+            baseline_label=f"median of the first {k} pages (in turn with the last)",
+            ratio=rr,
+            target="last/first <= 1.2",
+            met=None if rr is None else (rr <= 1.2 and complete),
+            detail={
+                "pages": r["pages"],
+                "items": r["items"],
+                "error": r["error"],
+                "edge_pages": k,
+                "all_pages_ms": summary_ms(times),
+                "value_is": f"median of the last {k} pages, fetched in turn with the first",
+            },
+        )
+    ]
+
+
 def figure_stall(env: Env, plan: Plan, user: User) -> list[Figure]:
     assert env.alice is not None
     job = {
@@ -1045,6 +1092,8 @@ def main(argv: list[str] | None = None) -> None:
             seed_conversations(env, main_user, plan.conversations)
         group("http", figure_http, env, plan, main_user)
         group("walk", figure_walk, env, plan, walk_user)
+        if "walk" in only:  # the search walks the messages the walk seeded
+            group("walk", figure_search, env, plan, walk_user)
         group("stall", figure_stall, env, plan, stall_user)
         group("streams", figure_streams, env, plan, stream_users)
     finally:

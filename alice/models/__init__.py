@@ -2,6 +2,8 @@ from alice.models.base import Base
 from alice.models.conversation import Conversation
 from alice.models.message import Message, MessageRole, MessageStatus
 from alice.models.refresh_token import RefreshToken
+from alice.models.search import SearchDoc
+from alice.models.usage import UsageDay
 from alice.models.user import User
 
 __all__ = [
@@ -11,5 +13,7 @@ __all__ = [
     "MessageRole",
     "MessageStatus",
     "RefreshToken",
+    "SearchDoc",
+    "UsageDay",
     "User",
 ]

@@ -17,5 +17,7 @@ class Conversation(Base):
     title: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The model its replies use (issue 14); null = the default of ALICE_AI_MODELS.
+    model: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
     __table_args__ = (Index("ix_conversations_user_updated", "user_id", "updated_at", "id"),)

@@ -15,6 +15,7 @@ from alice.services.auth import AuthService
 from alice.services.chat import ChatService
 from alice.services.eventlog.base import EventLog
 from alice.services.generation import GenerationRegistry
+from alice.services.search import SearchService
 
 
 @dataclass
@@ -30,3 +31,4 @@ class Services:
     event_log: EventLog
     generations: GenerationRegistry
     metrics: Metrics
+    search: SearchService
