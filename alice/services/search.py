@@ -89,6 +89,8 @@ class Hit:
 
 def fold(word: str) -> str:
     """A word as search compares it: accents dropped, case folded (ß = ss)."""
+    if word.isascii():
+        return word.lower()
     decomposed = unicodedata.normalize("NFKD", word)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
