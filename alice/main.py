@@ -16,7 +16,7 @@ from sse_starlette.sse import AppStatus
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from alice.api import errors, ops
-from alice.api.v1 import auth, chat, search
+from alice.api.v1 import auth, chat, export, search
 from alice.core.config import Settings, get_settings
 from alice.core.database import Direct, create_engine, create_session_factory
 from alice.core.metrics import Metrics
@@ -28,6 +28,7 @@ from alice.services.auth import AuthService
 from alice.services.chat import ChatService
 from alice.services.container import Services
 from alice.services.eventlog import make_event_log
+from alice.services.export import ExportService
 from alice.services.generation import GenerationRegistry
 from alice.services.search import SearchService
 
@@ -71,6 +72,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     provider = create_provider(settings)
     if hasattr(provider, "on_error"):
         provider.on_error = metrics.ai_error
+    chat_service = ChatService(sessions, direct, settings.ai_context_messages)
     return Services(
         settings=settings,
         engine=engine,
@@ -78,12 +80,13 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         direct=direct,
         limiter=RateLimiter(settings),
         auth=AuthService(sessions, direct, hashing, codec, settings),
-        chat=ChatService(sessions, direct, settings.ai_context_messages),
+        chat=chat_service,
         provider=provider,
         event_log=event_log,
         generations=GenerationRegistry(settings, sessions, provider, event_log, metrics),
         metrics=metrics,
         search=SearchService(direct, sqlite=settings.is_sqlite),
+        export=ExportService(chat_service, direct),
     )
 
 
@@ -128,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Their routes join the app's own list: FastAPI 0.16x matches a request against an
     # included router's routes up to four times (a quarter of /health's time); a flat list is
     # matched once. The routers set no dependencies or options of their own that this skips.
-    for router in (auth.router, chat.router, search.router, ops.router):
+    for router in (auth.router, chat.router, search.router, export.router, ops.router):
         app.router.routes.extend(router.routes)
 
     @app.get(

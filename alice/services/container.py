@@ -14,6 +14,7 @@ from alice.services.ai.base import AIProvider
 from alice.services.auth import AuthService
 from alice.services.chat import ChatService
 from alice.services.eventlog.base import EventLog
+from alice.services.export import ExportService
 from alice.services.generation import GenerationRegistry
 from alice.services.search import SearchService
 
@@ -32,3 +33,4 @@ class Services:
     generations: GenerationRegistry
     metrics: Metrics
     search: SearchService
+    export: ExportService
