@@ -6,6 +6,10 @@ words in an FTS5 table on SQLite and a GIN-indexed tsvector on PostgreSQL. Model
 `conversations.model`, `messages.model/input_tokens/output_tokens`. Usage: the ledger
 `usage_daily`.
 
+On SQLite, a later migration that copies `messages` or `conversations` to change them (Alembic
+batch mode) drops their triggers with the old table: it must create them again
+(`_SQLITE_TRIGGERS` below); tests/test_search.py fails when they are missing.
+
 Revision ID: 0004
 Revises: 0001
 Create Date: 2026-12-07 13:20:00
