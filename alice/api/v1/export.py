@@ -32,7 +32,7 @@ _AUTHED = (
             "description": "An attachment: Markdown (the active branch) or JSON (every branch).",
             "headers": {
                 "Content-Disposition": {
-                    "description": "`attachment; filename=\"<safe title>.<md|json>\"` and "
+                    "description": '`attachment; filename="<safe title>.<md|json>"` and '
                     "`filename*=UTF-8''…` (RFC 6266).",
                     "schema": {"type": "string"},
                 }
