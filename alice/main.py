@@ -9,13 +9,14 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette.sse import AppStatus
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from alice.api import errors, ops
+from alice.api import errors, openapi, ops
 from alice.api.v1 import auth, chat, export, search
 from alice.core.config import Settings, get_settings
 from alice.core.database import Direct, create_engine, create_session_factory
@@ -125,8 +126,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # ALICE exports Prometheus metrics (/metrics) and logs; FastAPI's native OpenTelemetry
         # looked up the global OTel providers (and the environment) on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        generate_unique_id_function=openapi.operation_id,
     )
     errors.install(app)
+    openapi.install(app)
     # Routers carry their full prefix, so a route's template (logs, metrics) is its whole path.
     # Their routes join the app's own list: FastAPI 0.16x matches a request against an
     # included router's routes up to four times (a quarter of /health's time); a flat list is
@@ -134,14 +137,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (auth.router, chat.router, search.router, export.router, ops.router):
         app.router.routes.extend(router.routes)
 
-    @app.get(
-        "/metrics",
-        tags=["operations"],
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-    )
-    async def metrics_endpoint() -> Response:
+    @app.get("/metrics", tags=["operations"], name="metrics", response_class=PlainTextResponse)
+    async def metrics_endpoint() -> PlainTextResponse:
         """Prometheus text format."""
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     if settings.cors_origin_list:
         app.add_middleware(

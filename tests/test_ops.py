@@ -11,7 +11,6 @@ from asgi_lifespan import LifespanManager
 from pydantic import ValidationError
 
 from alice.core.config import Settings
-from alice.core.errors import ErrorCode
 from alice.main import create_app
 from tests.conftest import client_for
 
@@ -149,54 +148,6 @@ def test_production_argon2_defaults_are_the_librarys():
         default.memory_cost,
         default.parallelism,
     )
-
-
-async def test_openapi_documents_every_route_and_its_error_codes(client):
-    spec = (await client.get("/openapi.json")).json()
-    paths = spec["paths"]
-    expected = {
-        ("/api/v1/auth/register", "post"): {"201", "409", "422", "429"},
-        ("/api/v1/auth/login", "post"): {"200", "401", "403", "422", "429"},
-        ("/api/v1/auth/refresh", "post"): {"200", "401", "422", "429"},
-        ("/api/v1/auth/logout", "post"): {"204", "401", "429"},
-        ("/api/v1/auth/me", "get"): {"200", "401", "403", "429"},
-        ("/api/v1/chat/message", "post"): {"200", "401", "404", "409", "413", "422", "429"},
-        ("/api/v1/chat/conversations", "get"): {"200", "401", "422", "429"},
-        ("/api/v1/chat/conversations/{conversation_id}/messages", "get"): {
-            "200",
-            "401",
-            "404",
-            "422",
-        },
-        ("/api/v1/chat/conversations/{conversation_id}/stream", "get"): {
-            "200",
-            "204",
-            "404",
-            "422",
-            "503",
-        },
-        ("/api/v1/chat/conversations/{conversation_id}/stop", "post"): {"200", "202", "204", "404"},
-        ("/api/v1/chat/conversations/{conversation_id}", "patch"): {"200", "404", "422"},
-        ("/api/v1/chat/conversations/{conversation_id}", "delete"): {"204", "404"},
-        ("/health", "get"): {"200"},
-        ("/ready", "get"): {"200", "503"},
-    }
-    for (path, method), statuses in expected.items():
-        documented = set(paths[path][method]["responses"])
-        assert statuses <= documented, (path, method, statuses - documented)
-    # Each documented error status names its codes as examples in the spec's error shape.
-    for methods in paths.values():
-        for op in methods.values():
-            for status, response in op["responses"].items():
-                if status.startswith(("4", "5")) and status != "422" or status == "401":
-                    examples = (
-                        response.get("content", {}).get("application/json", {}).get("examples", {})
-                    )
-                    if not examples:
-                        continue
-                    for code, example in examples.items():
-                        assert code in ErrorCode.__members__
-                        assert example["value"]["code"] == code
 
 
 async def test_docs_and_redoc_are_served(client):

@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 from limits import RateLimitItem
 
-from alice.core.errors import RateLimitExceededError, UnauthorizedError
+from alice.core.errors import ErrorCode, RateLimitExceededError, UnauthorizedError
 from alice.core.ratelimit import RateLimiter
 from alice.services.auth import CurrentUser
 from alice.services.container import Services
@@ -32,6 +32,15 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 class _AuthenticatedUser(HTTPBearer):
     """The user the request's bearer token acts for (SPEC section 4), counted against the
     route's per-user rate limit. An HTTPBearer itself, so OpenAPI shows the scheme."""
+
+    # What every route using it can answer (OpenAPI, `alice.api.openapi`).
+    openapi_codes = (
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.INVALID_TOKEN,
+        ErrorCode.ACCOUNT_DISABLED,
+        ErrorCode.RATE_LIMIT_EXCEEDED,
+        ErrorCode.DATABASE_UNAVAILABLE,
+    )
 
     def __init__(self, name: str, limit: str) -> None:
         super().__init__(
@@ -64,15 +73,22 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+class _ByClientIP:
+    openapi_codes = (ErrorCode.RATE_LIMIT_EXCEEDED,)
+
+    def __init__(self, name: str, limit: str) -> None:
+        self._name = name
+        self._item = RateLimiter.parse(limit)
+
+    async def __call__(self, request: Request) -> None:
+        services = request.app.state.services
+        await _count(request, services, self._item, self._name, client_ip(request))
+
+
 def rate_limit(name: str, limit: str) -> Any:
     """A dependency counting each request against `limit` for its client IP (routes without
     a user; those with one count in `authenticated`)."""
-    item = RateLimiter.parse(limit)
-
-    async def by_ip(request: Request) -> None:
-        await _count(request, request.app.state.services, item, name, client_ip(request))
-
-    return Depends(by_ip)
+    return Depends(_ByClientIP(name, limit))
 
 
 async def _count(

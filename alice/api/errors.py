@@ -12,8 +12,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from alice.api.openapi import CODES_KEY, STREAM_KEY
 from alice.core.errors import STATUS, AliceError, ErrorCode, error_body
-from alice.schemas.errors import ErrorResponse, ValidationErrorResponse
 
 log = logging.getLogger("alice.error")
 
@@ -130,19 +130,14 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(UnicodeError, unencodable_input)
 
 
-def responses(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for the codes a route can return, grouped by status."""
+def responses(*codes: ErrorCode, stream: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the error codes a route declares (beyond those its
+    dependencies and parameters imply: see `alice.api.openapi`), and with `stream=True` its
+    200 as a reply's event stream. The document is built from these in `alice.api.openapi`."""
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
-        status = STATUS[code]
-        entry = out.setdefault(
-            status,
-            {
-                "model": ValidationErrorResponse if status == 422 else ErrorResponse,
-                "description": "",
-                "content": {"application/json": {"examples": {}}},
-            },
-        )
-        entry["description"] = " / ".join(filter(None, [entry["description"], code.value]))
-        entry["content"]["application/json"]["examples"][code.value] = {"value": error_body(code)}
+        entry = out.setdefault(STATUS[code], {"description": "", CODES_KEY: []})
+        entry[CODES_KEY].append(code.value)
+    if stream:
+        out[200] = {"description": "The reply's events.", STREAM_KEY: True}
     return out

@@ -4,27 +4,36 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from alice.api.deps import ServicesDep
+from alice.api.openapi import operation_id
+from alice.schemas.ops import HealthResponse, ReadyResponse
 from alice.services.container import Services
 
 READY_TIMEOUT_SECONDS = 3.0
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], generate_unique_id_function=operation_id)
 
 
-@router.get("/health")
-async def health() -> dict[str, str]:
+_HEALTHY = b'{"status":"ok"}'
+
+
+@router.get("/health", response_model=HealthResponse)
+async def health() -> Response:
     """200 while the process runs."""
-    return {"status": "ok"}
+    # Made once: the response model documents it, nothing validates it per request.
+    return Response(_HEALTHY, media_type="application/json")
 
 
 @router.get(
     "/ready",
-    responses={503: {"description": "A dependency does not answer; the body says which."}},
+    response_model=ReadyResponse,
+    responses={
+        503: {"model": ReadyResponse, "description": "A dependency does not answer: `checks`."}
+    },
 )
 async def ready(services: ServicesDep) -> JSONResponse:
     """200 when the database (and Redis, when configured) answer; else 503 naming the failure."""

@@ -70,6 +70,21 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
 }
 
 
+# What OpenAPI says of the codes (SPEC section 8), beside the codes themselves.
+# Codes that end a reply inside its stream, as an `error` event (never an HTTP status).
+STREAM_ERROR_CODES: tuple[ErrorCode, ...] = (
+    ErrorCode.AI_SERVICE_UNAVAILABLE,
+    ErrorCode.GENERATION_TIME_LIMIT,
+    ErrorCode.GENERATION_LOST,
+    ErrorCode.SERVER_SHUTTING_DOWN,
+    ErrorCode.DATABASE_UNAVAILABLE,
+)
+# Codes whose responses always carry `Retry-After`.
+RETRY_AFTER_CODES: frozenset[ErrorCode] = frozenset(
+    {ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.DATABASE_UNAVAILABLE}
+)
+
+
 class AliceError(Exception):
     """A domain error: the handler at the edge turns it into the spec's error body."""
 

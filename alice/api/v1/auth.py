@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response, status
 
 from alice.api.deps import ServicesDep, authenticated, rate_limit
 from alice.api.errors import responses
+from alice.api.openapi import operation_id
 from alice.api.responses import ModelResponse
 from alice.core.errors import ErrorCode
 from alice.schemas.auth import (
@@ -19,16 +20,11 @@ from alice.schemas.auth import (
 )
 from alice.services.auth import CurrentUser, TokenPair
 
-router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+router = APIRouter(prefix="/api/v1/auth", tags=["auth"], generate_unique_id_function=operation_id)
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_COMMON = (ErrorCode.VALIDATION_ERROR, ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.PAYLOAD_TOO_LARGE)
-_AUTHED = (
-    ErrorCode.UNAUTHORIZED,
-    ErrorCode.INVALID_TOKEN,
-    ErrorCode.ACCOUNT_DISABLED,
-    ErrorCode.RATE_LIMIT_EXCEEDED,
-)
+# Beyond these, a route's error codes follow from its dependencies and parameters
+# (`alice.api.openapi`): the bearer-token user, the per-IP limit, a body.
 
 
 def _tokens(pair: TokenPair, response: Response) -> TokenResponse:
@@ -43,7 +39,7 @@ def _tokens(pair: TokenPair, response: Response) -> TokenResponse:
     status_code=status.HTTP_201_CREATED,
     response_model=TokenResponse,
     dependencies=[rate_limit("register", "5/minute")],
-    responses=responses(*_COMMON, ErrorCode.EMAIL_ALREADY_EXISTS),
+    responses=responses(ErrorCode.EMAIL_ALREADY_EXISTS, ErrorCode.DATABASE_UNAVAILABLE),
 )
 async def register(body: UserCreate, services: ServicesDep, response: Response) -> TokenResponse:
     """Create an account and log it in."""
@@ -55,7 +51,11 @@ async def register(body: UserCreate, services: ServicesDep, response: Response) 
     "/login",
     response_model=TokenResponse,
     dependencies=[rate_limit("login", "5/minute")],
-    responses=responses(*_COMMON, ErrorCode.AUTHENTICATION_FAILED, ErrorCode.ACCOUNT_DISABLED),
+    responses=responses(
+        ErrorCode.AUTHENTICATION_FAILED,
+        ErrorCode.ACCOUNT_DISABLED,
+        ErrorCode.DATABASE_UNAVAILABLE,
+    ),
 )
 async def login(body: LoginRequest, services: ServicesDep, response: Response) -> TokenResponse:
     """Exchange email and password for a token pair (a new session)."""
@@ -67,7 +67,9 @@ async def login(body: LoginRequest, services: ServicesDep, response: Response) -
     "/refresh",
     response_model=TokenResponse,
     dependencies=[rate_limit("refresh", "10/minute")],
-    responses=responses(*_COMMON, ErrorCode.INVALID_TOKEN, ErrorCode.ACCOUNT_DISABLED),
+    responses=responses(
+        ErrorCode.INVALID_TOKEN, ErrorCode.ACCOUNT_DISABLED, ErrorCode.DATABASE_UNAVAILABLE
+    ),
 )
 async def refresh(body: RefreshRequest, services: ServicesDep, response: Response) -> TokenResponse:
     """Rotate a refresh token: the presented one is revoked, a new pair issued."""
@@ -78,7 +80,6 @@ async def refresh(body: RefreshRequest, services: ServicesDep, response: Respons
 @router.post(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=responses(*_AUTHED),
 )
 async def logout(
     user: Annotated[CurrentUser, authenticated("logout", "10/minute")], services: ServicesDep
@@ -91,7 +92,6 @@ async def logout(
 @router.get(
     "/me",
     response_model=UserResponse,
-    responses=responses(*_AUTHED),
 )
 async def me(user: Annotated[CurrentUser, authenticated("me", "60/minute")]) -> Response:
     """The current user's profile."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from alice.api.deps import ServicesDep, authenticated
 from alice.api.errors import responses
+from alice.api.openapi import operation_id
 from alice.api.responses import ModelResponse
 from alice.api.sse import ReplyCursor, reply_stream, snapshot_stream
 from alice.core.errors import (
@@ -31,35 +32,26 @@ from alice.services.auth import CurrentUser
 from alice.services.chat import message_response
 from alice.services.eventlog.base import LogUnavailableError
 
-router = APIRouter(prefix="/api/v1/chat", tags=["chat"])
+router = APIRouter(prefix="/api/v1/chat", tags=["chat"], generate_unique_id_function=operation_id)
 
 STOP_WAIT_SECONDS = 5.0
 
-_AUTHED = (
-    ErrorCode.UNAUTHORIZED,
-    ErrorCode.INVALID_TOKEN,
-    ErrorCode.ACCOUNT_DISABLED,
-    ErrorCode.RATE_LIMIT_EXCEEDED,
-)
-_SSE_EVENT = {
-    "type": "object",
-    "description": "One Server-Sent Event (OpenAPI 3.1 reads a text/event-stream schema "
-    "as the schema of one event).",
-    "required": ["event", "data", "id"],
-    "properties": {
-        "event": {"enum": ["conversation", "token", "done", "error", "snapshot"]},
-        "id": {"type": "string", "pattern": "^[0-9a-f-]{36}:[0-9]+$"},
-        "retry": {"type": "integer"},
-        "data": {"type": "string", "contentMediaType": "application/json"},
-    },
+# Beyond these, a route's error codes follow from its dependencies and parameters
+# (`alice.api.openapi`): the bearer-token user with its limit, a body, a path id.
+_NOTHING_FOLLOWS: dict[int | str, dict[str, Any]] = {
+    204: {"description": "Nothing follows the cursor, or there is no reply."}
 }
-_SSE_DOC: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "A `text/event-stream` of `conversation`, `token`, then `done` or `error`.",
-        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
-    }
-}
-_LAST_EVENT_ID = Annotated[
+_POST_LAST_EVENT_ID = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        description="`<message_id>:<seq>`, the last event the client has of one of its "
+        "replies: the request is then a re-attach to that reply after that event (204 when "
+        "nothing follows) and sends nothing. One that does not decode is a 422; one that names "
+        "no reply of the caller's is ignored (the message is sent).",
+    ),
+]
+_GET_LAST_EVENT_ID = Annotated[
     str | None,
     Header(
         alias="Last-Event-ID",
@@ -82,14 +74,12 @@ def parse_cursor(value: str, field: str) -> ReplyCursor:
     "/message",
     response_class=Response,
     responses={
-        **_SSE_DOC,
+        **_NOTHING_FOLLOWS,
         **responses(
-            *_AUTHED,
-            ErrorCode.VALIDATION_ERROR,
             ErrorCode.CONVERSATION_NOT_FOUND,
             ErrorCode.GENERATION_IN_PROGRESS,
-            ErrorCode.PAYLOAD_TOO_LARGE,
             ErrorCode.STREAM_UNAVAILABLE,
+            stream=True,
         ),
     },
 )
@@ -97,7 +87,7 @@ async def send_message(
     body: MessageCreate,
     user: Annotated[CurrentUser, authenticated("message", "10/minute")],
     services: ServicesDep,
-    last_event_id: _LAST_EVENT_ID = None,
+    last_event_id: _POST_LAST_EVENT_ID = None,
 ) -> Response:
     """Send a message and stream the reply. With `Last-Event-ID` naming one of the caller's
     replies it is a re-attach instead: nothing new is sent or stored."""
@@ -125,7 +115,6 @@ async def send_message(
 @router.get(
     "/conversations",
     response_model=ConversationPage,
-    responses=responses(*_AUTHED, ErrorCode.VALIDATION_ERROR),
 )
 async def list_conversations(
     user: Annotated[CurrentUser, authenticated("conversations", "60/minute")],
@@ -143,7 +132,7 @@ async def list_conversations(
 @router.get(
     "/conversations/{conversation_id}/messages",
     response_model=MessagePage,
-    responses=responses(*_AUTHED, ErrorCode.VALIDATION_ERROR, ErrorCode.CONVERSATION_NOT_FOUND),
+    responses=responses(ErrorCode.CONVERSATION_NOT_FOUND),
 )
 async def list_messages(
     conversation_id: uuid.UUID,
@@ -163,21 +152,15 @@ async def list_messages(
     "/conversations/{conversation_id}/stream",
     response_class=Response,
     responses={
-        **_SSE_DOC,
-        204: {"description": "Nothing follows the cursor, or there is no reply."},
-        **responses(
-            *_AUTHED,
-            ErrorCode.VALIDATION_ERROR,
-            ErrorCode.CONVERSATION_NOT_FOUND,
-            ErrorCode.STREAM_UNAVAILABLE,
-        ),
+        **_NOTHING_FOLLOWS,
+        **responses(ErrorCode.CONVERSATION_NOT_FOUND, ErrorCode.STREAM_UNAVAILABLE, stream=True),
     },
 )
 async def reattach(
     conversation_id: uuid.UUID,
     user: Annotated[CurrentUser, authenticated("stream", "60/minute")],
     services: ServicesDep,
-    last_event_id: _LAST_EVENT_ID = None,
+    last_event_id: _GET_LAST_EVENT_ID = None,
     after: Annotated[str | None, Query(max_length=64, description="`<message_id>:<seq>`")] = None,
 ) -> Response:
     """Re-attach to the conversation's newest reply, or to the one the cursor names: replay
@@ -243,7 +226,7 @@ async def _reattach(services, conversation_id, cursor: ReplyCursor, reply, field
     responses={
         202: {"description": "The stop was asked for; the reply is still running after 5 s."},
         204: {"description": "Nothing is running in this conversation."},
-        **responses(*_AUTHED, ErrorCode.VALIDATION_ERROR, ErrorCode.CONVERSATION_NOT_FOUND),
+        **responses(ErrorCode.CONVERSATION_NOT_FOUND),
     },
 )
 async def stop(
@@ -283,7 +266,7 @@ async def _wait_for_end(services, message_id: uuid.UUID, wait_seconds: float):  
 @router.patch(
     "/conversations/{conversation_id}",
     response_model=ConversationResponse,
-    responses=responses(*_AUTHED, ErrorCode.VALIDATION_ERROR, ErrorCode.CONVERSATION_NOT_FOUND),
+    responses=responses(ErrorCode.CONVERSATION_NOT_FOUND),
 )
 async def rename(
     conversation_id: uuid.UUID,
@@ -299,7 +282,7 @@ async def rename(
 @router.delete(
     "/conversations/{conversation_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=responses(*_AUTHED, ErrorCode.VALIDATION_ERROR, ErrorCode.CONVERSATION_NOT_FOUND),
+    responses=responses(ErrorCode.CONVERSATION_NOT_FOUND),
 )
 async def delete_conversation(
     conversation_id: uuid.UUID,

@@ -10,11 +10,12 @@ from fastapi.responses import StreamingResponse
 
 from alice.api.deps import ServicesDep, authenticated
 from alice.api.errors import responses
+from alice.api.openapi import operation_id
 from alice.core.errors import ErrorCode
 from alice.services.auth import CurrentUser
 from alice.services.export import ExportFormat
 
-router = APIRouter(prefix="/api/v1/chat", tags=["chat"])
+router = APIRouter(prefix="/api/v1/chat", tags=["chat"], generate_unique_id_function=operation_id)
 
 _AUTHED = (
     ErrorCode.UNAUTHORIZED,

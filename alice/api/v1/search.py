@@ -8,12 +8,13 @@ from fastapi import APIRouter, Query
 
 from alice.api.deps import ServicesDep, authenticated
 from alice.api.errors import responses
+from alice.api.openapi import operation_id
 from alice.api.responses import ModelResponse
 from alice.core.errors import ErrorCode, ValidationFailedError
 from alice.schemas.search import SearchHit, SearchPage
 from alice.services.auth import CurrentUser
 
-router = APIRouter(prefix="/api/v1/chat", tags=["chat"])
+router = APIRouter(prefix="/api/v1/chat", tags=["chat"], generate_unique_id_function=operation_id)
 
 _AUTHED = (
     ErrorCode.UNAUTHORIZED,
