@@ -233,6 +233,31 @@ async def test_no_reply_yet_and_a_reply_deleted_for_no_text_are_204(live):
 # --- refusals ----------------------------------------------------------------------------------
 
 
+async def test_unknown_reply_cursor_at_seq_0_is_422_as_at_any_seq(live):
+    """An id naming no reply is a bad cursor at any seq: it was a 204 at seq 0 (SPEC 6)."""
+    user = await live.user()
+    async with live.client() as client:
+        s = await send(client, user.access_token, "[[tokens:3]]")
+        cid, unknown = s.conversation_id, uuid.uuid4()
+        for seq in (0, 1, 5):
+            cursor = f"{unknown}:{seq}"
+            resp = await stream_get(client, user.access_token, cid, **{"Last-Event-ID": cursor})
+            assert resp.status_code == 422, (seq, resp.text)
+            assert resp.json()["errors"][0]["field"] == "header.Last-Event-ID"
+            resp = await client.get(
+                f"{CHAT}/conversations/{cid}/stream",
+                params={"after": cursor},
+                headers=auth(user.access_token),
+            )
+            assert resp.status_code == 422, (seq, resp.text)
+            assert resp.json()["errors"][0]["field"] == "query.after"
+        # A reply of this conversation at seq 0 is still its whole stream.
+        resp = await stream_get(
+            client, user.access_token, cid, **{"Last-Event-ID": f"{s.message_id}:0"}
+        )
+        assert resp.status_code == 200
+
+
 async def test_someone_elses_conversation_is_404_for_stream_and_stop(live):
     owner, other = await live.user(), await live.user()
     async with live.client() as client:

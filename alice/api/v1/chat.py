@@ -194,7 +194,7 @@ async def _reattach(services, conversation_id, cursor: ReplyCursor, reply, field
             known = await services.event_log.state(cursor.message_id) is not None
         except LogUnavailableError:
             known = False
-        if known or cursor.seq == 0:
+        if known:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         raise ValidationFailedError(field, "The event id names no reply.")
     if reply.role != "assistant":
