@@ -32,6 +32,7 @@ from alice.services.eventlog import make_event_log
 from alice.services.export import ExportService
 from alice.services.generation import GenerationRegistry
 from alice.services.search import SearchService
+from alice.services.slots import make_slots
 
 
 def raise_open_file_limit() -> None:
@@ -88,6 +89,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         metrics=metrics,
         search=SearchService(direct, sqlite=settings.is_sqlite),
         export=ExportService(chat_service, direct),
+        slots=make_slots(settings.redis_url, settings.redis_prefix),
     )
 
 
@@ -101,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = build_services(settings, metrics)
         app.state.services = services
         await services.event_log.start()
+        await services.slots.start()
         try:
             # Alone (no Redis), every `streaming` row at start is a crash's leftover.
             await services.generations.start_background(sweep_all=settings.redis_url is None)
@@ -113,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watcher.cancel()
             await services.generations.shutdown(settings.shutdown_grace_seconds)
             await services.event_log.close()
+            await services.slots.close()
             await services.provider.aclose()
             services.direct.close()
             await services.engine.dispose()

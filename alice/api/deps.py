@@ -6,6 +6,9 @@ against the route's own per-user limit. The services come from the request itsel
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -16,6 +19,7 @@ from alice.core.errors import ErrorCode, RateLimitExceededError, UnauthorizedErr
 from alice.core.ratelimit import RateLimiter
 from alice.services.auth import CurrentUser
 from alice.services.container import Services
+from alice.services.slots import UNCOUNTED, Slot, SlotsUnavailableError
 
 _BEARER_DESCRIPTION = "An access token from login or register."
 
@@ -50,6 +54,9 @@ class _AuthenticatedUser(HTTPBearer):
         self._item = RateLimiter.parse(limit)
 
     async def __call__(self, request: Request) -> CurrentUser:  # type: ignore[override]
+        return await self._user(request)
+
+    async def _user(self, request: Request) -> CurrentUser:
         credentials = await super().__call__(request)
         if credentials is None or not credentials.credentials:
             raise UnauthorizedError(headers={"WWW-Authenticate": "Bearer"})
@@ -65,6 +72,57 @@ def authenticated(name: str, limit: str) -> Any:
     """The current user, for a route limited to `limit` requests per user under `name`:
     `user: Annotated[CurrentUser, authenticated("me", "60/minute")]`."""
     return Depends(_AuthenticatedUser(name, limit))
+
+
+# --- open streams per user (SPEC section 11) --------------------------------------------------
+
+STREAM_SLOTS = "streams"
+_slot_log = logging.getLogger("alice.slots")
+_last_slot_warning = 0.0
+
+
+class _StreamingUser(_AuthenticatedUser):
+    """The current user of a route that may answer with a stream: one of the user's
+    ALICE_USER_MAX_STREAMS slots is held from before the route runs until its response has
+    ended, however it ends (done, error, the client gone), and a user holding them all is
+    refused (429, `Retry-After: 1`). A dependency with `yield`: FastAPI runs its exit after
+    the response is sent, so a stream's slot is held exactly as long as the stream."""
+
+    async def __call__(self, request: Request) -> AsyncIterator[CurrentUser]:  # type: ignore[override]
+        user = await self._user(request)
+        slot = await _take_stream_slot(request.app.state.services, str(user.id))
+        try:
+            yield user
+        finally:
+            await slot.release()
+
+
+def authenticated_stream(name: str, limit: str) -> Any:
+    """As `authenticated`, for a route that answers with a stream (counted in the user's
+    open streams while it lasts)."""
+    return Depends(_StreamingUser(name, limit))
+
+
+async def _take_stream_slot(services: Services, user_id: str) -> Slot:
+    if not services.limiter.enabled:
+        return UNCOUNTED  # off with the other request limits (SPEC section 11)
+    try:
+        slot = await services.slots.acquire(
+            STREAM_SLOTS, user_id, services.settings.user_max_streams
+        )
+    except SlotsUnavailableError as exc:
+        # As the rate limits: Redis down, the request is served (fail open) with a warning.
+        global _last_slot_warning
+        now = time.monotonic()
+        if now - _last_slot_warning > 10:
+            _last_slot_warning = now
+            _slot_log.warning("stream slots unreachable, serving without the cap: %s", exc)
+        return UNCOUNTED
+    if slot is None:
+        raise RateLimitExceededError(
+            "Too many open streams for this user.", headers={"Retry-After": "1"}
+        )
+    return slot
 
 
 def client_ip(request: Request) -> str:

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     shutdown_grace_seconds: float = 30
 
+    # Hardening (SPEC sections 8, 9, 11).
+    request_head_timeout_seconds: float = Field(default=10, gt=0)
+    # None: 80 % of the open-file limit (after `alice serve` raised it to the hard limit).
+    max_connections: int | None = Field(default=None, ge=1)
+    user_max_streams: int = Field(default=20, ge=1)
+    metrics_token: SecretStr | None = None
+    # The longest a request waits for its turn at Argon2 before it is answered 503.
+    argon2_max_wait_seconds: float = Field(default=5, gt=0)
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if self.env == "production":

@@ -17,6 +17,7 @@ from alice.services.eventlog.base import EventLog
 from alice.services.export import ExportService
 from alice.services.generation import GenerationRegistry
 from alice.services.search import SearchService
+from alice.services.slots import Slots
 
 
 @dataclass
@@ -34,3 +35,5 @@ class Services:
     metrics: Metrics
     search: SearchService
     export: ExportService
+    # Counted slots over every process: open streams per user (and other per-user caps).
+    slots: Slots

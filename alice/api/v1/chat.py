@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from alice.api.deps import ServicesDep, authenticated
+from alice.api.deps import ServicesDep, authenticated, authenticated_stream
 from alice.api.errors import responses
 from alice.api.openapi import operation_id
 from alice.api.responses import ModelResponse
@@ -85,7 +85,7 @@ def parse_cursor(value: str, field: str) -> ReplyCursor:
 )
 async def send_message(
     body: MessageCreate,
-    user: Annotated[CurrentUser, authenticated("message", "10/minute")],
+    user: Annotated[CurrentUser, authenticated_stream("message", "10/minute")],
     services: ServicesDep,
     last_event_id: _POST_LAST_EVENT_ID = None,
 ) -> Response:
@@ -158,7 +158,7 @@ async def list_messages(
 )
 async def reattach(
     conversation_id: uuid.UUID,
-    user: Annotated[CurrentUser, authenticated("stream", "60/minute")],
+    user: Annotated[CurrentUser, authenticated_stream("stream", "60/minute")],
     services: ServicesDep,
     last_event_id: _GET_LAST_EVENT_ID = None,
     after: Annotated[str | None, Query(max_length=64, description="`<message_id>:<seq>`")] = None,
