@@ -184,6 +184,7 @@ class RedisSlots:
         self._count = self._redis.register_script(_HELD_LUA)
         self._mine: dict[str, set[str]] = defaultdict(set)
         self._renewer: asyncio.Task[None] | None = None
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if self._renewer is None:
@@ -216,10 +217,13 @@ class RedisSlots:
         try:
             taken = await self._acquire(keys=[redis_key], args=[member, limit, self._lease_ms])
         except (Exception, asyncio.CancelledError) as exc:
+            # The script may have run (a reply lost, a cancelled wait): take the member back
+            # out in the background, best effort (else its unrenewed lease frees it).
             self._forget(redis_key, member)
+            cleanup = asyncio.get_running_loop().create_task(self._remove(redis_key, member))
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
             if isinstance(exc, asyncio.CancelledError):
-                # The script may have run: take the member back out, whatever happened.
-                asyncio.get_running_loop().create_task(self._remove(redis_key, member))
                 raise
             raise SlotsUnavailableError(repr(exc)) from exc
         if not taken:
