@@ -24,13 +24,14 @@ from alice.core.metrics import Metrics
 from alice.core.middleware import EdgeMiddleware
 from alice.core.ratelimit import RateLimiter
 from alice.core.security import PasswordHashing, TokenCodec
-from alice.services.ai.base import create_provider
+from alice.services.ai import create_provider
 from alice.services.auth import AuthService
 from alice.services.chat import ChatService
 from alice.services.container import Services
 from alice.services.eventlog import make_event_log
 from alice.services.export import ExportService
 from alice.services.generation import GenerationRegistry
+from alice.services.replies import ReplyService
 from alice.services.search import SearchService
 from alice.services.slots import make_slots
 
@@ -71,10 +72,9 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         ttl_seconds=settings.generation_max_seconds + settings.stream_retention_seconds,
         key_prefix=f"{settings.redis_prefix}:gen:",
     )
-    provider = create_provider(settings)
-    if hasattr(provider, "on_error"):
-        provider.on_error = metrics.ai_error
-    chat_service = ChatService(sessions, direct, settings.ai_context_messages)
+    provider = create_provider(settings, on_error=metrics.ai_error)
+    chat = ChatService(sessions, direct, settings.ai_context_messages)
+    generations = GenerationRegistry(settings, sessions, provider, event_log, metrics)
     return Services(
         settings=settings,
         engine=engine,
@@ -82,13 +82,14 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         direct=direct,
         limiter=RateLimiter(settings),
         auth=AuthService(sessions, direct, hashing, codec, settings),
-        chat=chat_service,
+        chat=chat,
         provider=provider,
         event_log=event_log,
-        generations=GenerationRegistry(settings, sessions, provider, event_log, metrics),
+        generations=generations,
+        replies=ReplyService(settings, chat, generations, event_log, metrics),
         metrics=metrics,
         search=SearchService(direct, sqlite=settings.is_sqlite),
-        export=ExportService(chat_service, direct),
+        export=ExportService(chat, direct),
         slots=make_slots(settings.redis_url, settings.redis_prefix),
     )
 

@@ -237,7 +237,7 @@ async def test_ten_simultaneous_messages_one_stream_nine_409(settings, ai_settin
             cid = first.conversation_id
             results = await asyncio.gather(
                 *(
-                    send(client, user.access_token, "[[tokens:5]] [[delay:20]]", cid)
+                    send(client, user.access_token, "[[tokens:5]] [[delay:400]]", cid)
                     for _ in range(10)
                 )
             )

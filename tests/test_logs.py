@@ -232,9 +232,6 @@ async def test_request_id_is_made_when_insane_and_is_on_the_access_line(client, 
 async def test_ai_errors_are_counted_by_cause(settings, ai_settings):
     async with serve(settings.model_copy(update=ai_settings)) as (app, url):
         services = app.state.services
-        # Until alice/main.py wires it (build_services), the test does: a no-op after.
-        if services.provider.on_error is None:
-            services.provider.on_error = services.metrics.ai_error
         user = await services.auth.register("ai-errors@example.com", "SecurePass123", None)
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             for marker in ("[[status:401]]", "[[status:403]]", "[[error_after:1]]"):

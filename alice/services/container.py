@@ -16,6 +16,7 @@ from alice.services.chat import ChatService
 from alice.services.eventlog.base import EventLog
 from alice.services.export import ExportService
 from alice.services.generation import GenerationRegistry
+from alice.services.replies import ReplyService
 from alice.services.search import SearchService
 from alice.services.slots import Slots
 
@@ -32,6 +33,7 @@ class Services:
     provider: AIProvider
     event_log: EventLog
     generations: GenerationRegistry
+    replies: ReplyService
     metrics: Metrics
     search: SearchService
     export: ExportService

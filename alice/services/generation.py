@@ -30,6 +30,7 @@ from alice.core.errors import DEFAULT_DETAIL, AIServiceUnavailableError, ErrorCo
 from alice.core.security import utcnow
 from alice.models import Message, MessageStatus
 from alice.services.ai.base import AIProvider, ChatTurn, TextDelta, Usage
+from alice.services.chat import ReplyStart
 from alice.services.eventlog.base import Entry, EventLog, LogUnavailableError
 
 log = logging.getLogger("alice.generation")
@@ -179,16 +180,10 @@ class GenerationRegistry:
 
     # --- starting and stopping -------------------------------------------------------------
 
-    async def start(
-        self,
-        *,
-        message_id: uuid.UUID,
-        conversation_id: uuid.UUID,
-        user_id: uuid.UUID,
-        is_new: bool,
-        context: list[ChatTurn],
-    ) -> None:
-        """Start the reply as a server-side task; its `conversation` event is logged first."""
+    async def start(self, start: ReplyStart, user_id: uuid.UUID) -> None:
+        """Run the committed reply `start` as a server-side task; its `conversation` event is
+        logged first."""
+        message_id, conversation_id = start.message_id, start.conversation_id
         await self._log.create(
             message_id,
             {
@@ -205,13 +200,13 @@ class GenerationRegistry:
                 dumps(
                     {
                         "conversation_id": str(conversation_id),
-                        "is_new": is_new,
+                        "is_new": start.is_new,
                         "message_id": str(message_id),
                     }
                 ),
             ),
         )
-        run = Run(message_id, conversation_id, user_id, context)
+        run = Run(message_id, conversation_id, user_id, start.context)
         self._runs[message_id] = run
         run.task = asyncio.create_task(self._run(run), name=f"alice-reply-{message_id}")
         self._metrics.reply_started()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Annotated, Any
 
@@ -12,12 +11,8 @@ from alice.api.deps import ServicesDep, authenticated, authenticated_stream
 from alice.api.errors import responses
 from alice.api.openapi import operation_id
 from alice.api.responses import ModelResponse
-from alice.api.sse import ReplyCursor, reply_stream, snapshot_stream
-from alice.core.errors import (
-    ErrorCode,
-    StreamUnavailableError,
-    ValidationFailedError,
-)
+from alice.api.sse import feed_response
+from alice.core.errors import ErrorCode
 from alice.models import MessageStatus
 from alice.schemas.chat import (
     ConversationPage,
@@ -30,11 +25,9 @@ from alice.schemas.chat import (
 )
 from alice.services.auth import CurrentUser
 from alice.services.chat import message_response
-from alice.services.eventlog.base import LogUnavailableError
+from alice.services.replies import ReplyFeed
 
 router = APIRouter(prefix="/api/v1/chat", tags=["chat"], generate_unique_id_function=operation_id)
-
-STOP_WAIT_SECONDS = 5.0
 
 # Beyond these, a route's error codes follow from its dependencies and parameters
 # (`alice.api.openapi`): the bearer-token user with its limit, a body, a path id.
@@ -60,14 +53,10 @@ _GET_LAST_EVENT_ID = Annotated[
 ]
 
 
-def parse_cursor(value: str, field: str) -> ReplyCursor:
-    message_id, sep, seq = value.partition(":")
-    try:
-        if not sep or not seq.isdigit() or len(seq) > 9:
-            raise ValueError
-        return ReplyCursor(uuid.UUID(message_id), int(seq))
-    except ValueError:
-        raise ValidationFailedError(field, "The event id is not valid.") from None
+def _answer(feed: ReplyFeed | None) -> Response:
+    if feed is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return feed_response(feed)
 
 
 @router.post(
@@ -91,25 +80,8 @@ async def send_message(
 ) -> Response:
     """Send a message and stream the reply. With `Last-Event-ID` naming one of the caller's
     replies it is a re-attach instead: nothing new is sent or stored."""
-    if last_event_id:
-        cursor = parse_cursor(last_event_id, "header.Last-Event-ID")
-        reply = await services.chat.find_reply(user.id, cursor.message_id)
-        if reply is not None:
-            return await _reattach(
-                services, reply.conversation_id, cursor, reply, "header.Last-Event-ID"
-            )
-    start = await services.chat.begin_reply(user.id, body.content, body.conversation_id)
-    await services.generations.start(
-        message_id=start.message_id,
-        conversation_id=start.conversation_id,
-        user_id=user.id,
-        is_new=start.is_new,
-        context=start.context,
-    )
-    on_close = None
-    if services.settings.generation_on_disconnect == "stop":
-        on_close = services.generations.client_left
-    return reply_stream(services, start.message_id, after=0, on_client_left=on_close)
+    feed = await services.replies.send(user.id, body.content, body.conversation_id, last_event_id)
+    return _answer(feed)
 
 
 @router.get(
@@ -165,59 +137,7 @@ async def reattach(
 ) -> Response:
     """Re-attach to the conversation's newest reply, or to the one the cursor names: replay
     exactly the events after the cursor, then follow live to the terminal event."""
-    field = "header.Last-Event-ID" if last_event_id else "query.after"
-    if last_event_id:
-        cursor = parse_cursor(last_event_id, field)
-    elif after:
-        cursor = parse_cursor(after, field)
-    else:
-        cursor = None
-    if cursor is None:
-        reply = await services.chat.newest_reply(user.id, conversation_id)
-        if reply is None:
-            return Response(status_code=status.HTTP_204_NO_CONTENT)
-        cursor = ReplyCursor(reply.id, 0)
-    else:
-        await services.chat.get_conversation(user.id, conversation_id)
-        reply = await services.chat.get_message(cursor.message_id)
-        if reply is not None and reply.conversation_id != conversation_id:
-            raise ValidationFailedError(field, "The event id is not this conversation's.")
-    return await _reattach(services, conversation_id, cursor, reply, field)
-
-
-async def _reattach(services, conversation_id, cursor: ReplyCursor, reply, field: str) -> Response:  # type: ignore[no-untyped-def]
-    """Serve a re-attach once the reply is known to be the caller's (or known to be none)."""
-    if reply is None:
-        # The cursor names no stored reply: a reply deleted for having no text counts as none;
-        # an id that is nowhere at all is a bad cursor.
-        try:
-            known = await services.event_log.state(cursor.message_id) is not None
-        except LogUnavailableError:
-            known = False
-        if known:
-            return Response(status_code=status.HTTP_204_NO_CONTENT)
-        raise ValidationFailedError(field, "The event id names no reply.")
-    if reply.role != "assistant":
-        raise ValidationFailedError(field, "The event id names no reply.")
-    try:
-        state = await services.event_log.state(cursor.message_id)
-    except LogUnavailableError:
-        state = None
-    if state is None:
-        if reply.status == MessageStatus.STREAMING:
-            raise StreamUnavailableError()
-        if reply.event_seq is not None and cursor.seq >= reply.event_seq:
-            return Response(status_code=status.HTTP_204_NO_CONTENT)
-        return snapshot_stream(services, reply)
-    if state.finished and cursor.seq >= state.last_seq:
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return reply_stream(
-        services,
-        cursor.message_id,
-        after=cursor.seq,
-        max_seconds=services.settings.sse_max_connection_seconds,
-        reattach=True,
-    )
+    return _answer(await services.replies.reattach(user.id, conversation_id, last_event_id, after))
 
 
 @router.post(
@@ -237,30 +157,12 @@ async def stop(
 ) -> Response:
     """Stop the conversation's running reply, from any process; the text up to `last_index`
     (the last token the client showed; default all) is kept as `stopped`."""
-    reply = await services.chat.streaming_message(user.id, conversation_id)
-    if reply is None:
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
-    last_index = body.last_index if body else None
-    await services.generations.request_stop(reply.id, last_index)
-    ended = await _wait_for_end(services, reply.id, STOP_WAIT_SECONDS)
+    ended = await services.replies.stop(user.id, conversation_id, body.last_index if body else None)
     if ended is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     if ended.status == MessageStatus.STREAMING:
         return ModelResponse(message_response(ended), status_code=status.HTTP_202_ACCEPTED)
     return ModelResponse(message_response(ended))
-
-
-async def _wait_for_end(services, message_id: uuid.UUID, wait_seconds: float):  # type: ignore[no-untyped-def]
-    if services.generations.is_local(message_id):
-        await services.generations.wait(message_id, wait_seconds)
-        return await services.chat.get_message(message_id)
-    loop = asyncio.get_running_loop()
-    until = loop.time() + wait_seconds
-    while True:
-        message = await services.chat.get_message(message_id)
-        if message is None or message.status != MessageStatus.STREAMING or loop.time() >= until:
-            return message
-        await asyncio.sleep(0.1)
 
 
 @router.patch(
@@ -290,9 +192,5 @@ async def delete_conversation(
     services: ServicesDep,
 ) -> Response:
     """Delete a conversation and its messages; a running reply is stopped first."""
-    reply = await services.chat.streaming_message(user.id, conversation_id)
-    if reply is not None:
-        await services.generations.request_stop(reply.id, None)
-        await _wait_for_end(services, reply.id, STOP_WAIT_SECONDS)
-    await services.chat.delete(user.id, conversation_id)
+    await services.replies.delete_conversation(user.id, conversation_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

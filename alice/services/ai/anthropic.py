@@ -134,7 +134,7 @@ class AnthropicProvider(AIProvider):
         # Called with the cause of each failed request (the `type` logged: an API error type
         # such as "overloaded_error", or "timeout", "connection_error", "truncated_stream",
         # "unknown"): the metrics' alice_ai_errors_total{cause}.
-        self.on_error = on_error
+        self._on_error = on_error
         if settings.anthropic_api_key is None:
             raise ValueError("AnthropicProvider needs ANTHROPIC_API_KEY")
         self._api_key = settings.anthropic_api_key.get_secret_value()
@@ -249,9 +249,9 @@ class AnthropicProvider(AIProvider):
         elif isinstance(exc, _TruncatedStreamError):
             status = 200
             error_type = "truncated_stream"
-        if self.on_error is not None:
+        if self._on_error is not None:
             try:
-                self.on_error(error_type or "unknown")
+                self._on_error(error_type or "unknown")
             except Exception:  # noqa: BLE001 - counting must never change the failure
                 log.debug("on_error callback failed", exc_info=True)
         known = isinstance(exc, anthropic.APIError | httpx2.HTTPError | _TruncatedStreamError)

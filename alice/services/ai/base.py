@@ -5,10 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from alice.core.config import Settings
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -57,14 +54,3 @@ class AIProvider(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - a provider without resources has nothing to do
         """Release the provider's resources (its HTTP client)."""
-
-
-def create_provider(settings: Settings) -> AIProvider:
-    """The Anthropic provider when an API key is configured, else the mock."""
-    if settings.anthropic_api_key is not None and settings.anthropic_api_key.get_secret_value():
-        from alice.services.ai.anthropic import AnthropicProvider
-
-        return AnthropicProvider(settings)
-    from alice.services.ai.mock import MockProvider
-
-    return MockProvider(settings)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 TERMINAL_EVENTS: frozenset[str] = frozenset({"done", "error", "snapshot"})
 
@@ -36,6 +37,17 @@ class LogState:
 
     last_seq: int
     finished: bool
+
+
+class Follower(Protocol):
+    """A reader of one log from a cursor: an async iterator of entries, closed with `aclose`
+    (which releases what it holds: a remote log's local copy)."""
+
+    def __aiter__(self) -> Follower: ...
+
+    async def __anext__(self) -> Entry: ...
+
+    async def aclose(self) -> None: ...
 
 
 class LogUnavailableError(Exception):
@@ -73,7 +85,7 @@ class EventLog(ABC):
         for an unreachable backend) and keep the log readable for ``retention_seconds``."""
 
     @abstractmethod
-    def follow(self, gen_id: uuid.UUID, after: int) -> AsyncIterator[Entry]:
+    def follow(self, gen_id: uuid.UUID, after: int) -> Follower:
         """Yield every entry with seq > ``after`` in order, no gap, no duplicate, live; end after
         the terminal entry. Raises KeyError (before yielding anything) when the log is unknown
         here, or later if it vanishes without a terminal entry (expired, dropped);

@@ -8,12 +8,13 @@ import logging
 import sys
 import uuid
 from array import array
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from alice.services.eventlog.base import (
     TERMINAL_EVENTS,
     Entry,
     EventLog,
+    Follower,
     LogState,
     StopHandler,
 )
@@ -290,7 +291,7 @@ class MemoryEventLog(EventLog):
     async def finish(self, gen_id: uuid.UUID, entry: Entry) -> None:
         self.finish_now(gen_id, entry)
 
-    def follow(self, gen_id: uuid.UUID, after: int) -> AsyncIterator[Entry]:
+    def follow(self, gen_id: uuid.UUID, after: int) -> Follower:
         log = self._logs.get(gen_id)
         if log is None:
             return _Failing(KeyError(gen_id))

@@ -1,0 +1,293 @@
+"""ReplyService: the life of a reply, as the chat routes see it (SPEC section 6).
+
+`POST /chat/message` reads, top to bottom:
+
+1. `ReplyService.send` commits the user's message and the reply's `streaming` placeholder
+   (`ChatService.begin_reply`, which also reads the context the model gets) and hands that
+   start to `GenerationRegistry.start`, which runs the reply as a task of this process: the
+   provider's deltas become events of the reply's event log (`services/eventlog`).
+2. It answers with a `ReplyFeed`: the reply's SSE frames read from that log from a cursor
+   (`open_feed`), which `api/sse.py` sends. Every reader, the POST's own, a re-attach here or
+   in another process, reads the log the same way.
+3. `stop` asks the reply's owner, in whichever process, to end it and waits for the end: on
+   the run's own end event when the reply runs here, on the log's terminal event otherwise.
+
+The router turns the answer (a feed, a message or nothing) into a response and does no more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from alice.core.config import Settings
+from alice.core.errors import StreamUnavailableError, ValidationFailedError
+from alice.core.metrics import Metrics
+from alice.models import Message, MessageStatus
+from alice.services.chat import ChatService, message_response
+from alice.services.eventlog.base import EventLog, LogUnavailableError
+from alice.services.generation import GenerationRegistry
+
+RETRY_MS = 1000
+STOP_WAIT_SECONDS = 5.0
+_POLL_SECONDS = 0.1
+
+
+class ReplyCursor(NamedTuple):
+    """A stream position, `<message_id>:<seq>`: the last event a client has."""
+
+    message_id: uuid.UUID
+    seq: int
+
+
+def parse_cursor(value: str, field: str) -> ReplyCursor:
+    """A `Last-Event-ID` or `after` value; a 422 on `field` when it does not decode."""
+    message_id, sep, seq = value.partition(":")
+    try:
+        if not sep or not seq.isdigit() or len(seq) > 9:
+            raise ValueError
+        return ReplyCursor(uuid.UUID(message_id), int(seq))
+    except ValueError:
+        raise ValidationFailedError(field, "The event id is not valid.") from None
+
+
+def frame(message_id: str, seq: int, event: str, data: str, first: bool) -> bytes:
+    """One SSE event as sent: `retry` on a stream's first, `id: <message_id>:<seq>`."""
+    retry = f"retry: {RETRY_MS}\n" if first else ""
+    return f"{retry}id: {message_id}:{seq}\nevent: {event}\ndata: {data}\n\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyFeed:
+    """A reply's SSE frames from a cursor, ready to send.
+
+    `ping_seconds`: keep-alive comment interval (0: none). `shutdown_grace`: how long the
+    stream stays open once the server shuts down (a reply generated here ends with
+    SERVER_SHUTTING_DOWN within it; one generated elsewhere closes at once, without a terminal
+    event, and its client re-attaches to another process)."""
+
+    frames: AsyncIterator[bytes]
+    ping_seconds: float
+    shutdown_grace: float
+
+
+class ReplyService:
+    def __init__(
+        self,
+        settings: Settings,
+        chat: ChatService,
+        generations: GenerationRegistry,
+        event_log: EventLog,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._chat = chat
+        self._generations = generations
+        self._log = event_log
+        self._metrics = metrics
+
+    # --- starting and re-attaching ------------------------------------------------------------
+
+    async def send(
+        self,
+        user_id: uuid.UUID,
+        content: str,
+        conversation_id: uuid.UUID | None,
+        last_event_id: str | None = None,
+    ) -> ReplyFeed | None:
+        """Send a message and feed its reply from the start. With a `Last-Event-ID` naming one
+        of the user's replies it is a re-attach instead: nothing is sent or stored (None: 204,
+        nothing follows)."""
+        if last_event_id:
+            field = "header.Last-Event-ID"
+            cursor = parse_cursor(last_event_id, field)
+            reply = await self._chat.find_reply(user_id, cursor.message_id)
+            if reply is not None:
+                return await self._reattach(cursor, reply, field)
+        start = await self._chat.begin_reply(user_id, content, conversation_id)
+        await self._generations.start(start, user_id)
+        on_client_left = None
+        if self._settings.generation_on_disconnect == "stop":
+            on_client_left = self._generations.client_left
+        return self.open_feed(start.message_id, 0, on_client_left=on_client_left)
+
+    async def reattach(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        last_event_id: str | None,
+        after: str | None,
+    ) -> ReplyFeed | None:
+        """Feed the conversation's newest reply, or the one the cursor names, after the cursor
+        (None: 204, nothing follows or there is no reply)."""
+        field = "header.Last-Event-ID" if last_event_id else "query.after"
+        value = last_event_id or after
+        if not value:
+            newest = await self._chat.newest_reply(user_id, conversation_id)
+            if newest is None:
+                return None
+            return await self._reattach(ReplyCursor(newest.id, 0), newest, field)
+        cursor = parse_cursor(value, field)
+        await self._chat.get_conversation(user_id, conversation_id)
+        reply = await self._chat.get_message(cursor.message_id)
+        if reply is not None and reply.conversation_id != conversation_id:
+            raise ValidationFailedError(field, "The event id is not this conversation's.")
+        return await self._reattach(cursor, reply, field)
+
+    async def _reattach(
+        self, cursor: ReplyCursor, reply: Message | None, field: str
+    ) -> ReplyFeed | None:
+        """A re-attach once the reply is known to be the caller's (or known to be none)."""
+        if reply is None:
+            # The cursor names no stored reply: a reply deleted for having no text counts as
+            # none; an id that is nowhere at all is a bad cursor.
+            try:
+                known = await self._log.state(cursor.message_id) is not None
+            except LogUnavailableError:
+                known = False
+            if known:
+                return None
+            raise ValidationFailedError(field, "The event id names no reply.")
+        if reply.role != "assistant":
+            raise ValidationFailedError(field, "The event id names no reply.")
+        try:
+            state = await self._log.state(cursor.message_id)
+        except LogUnavailableError:
+            state = None
+        if state is None:
+            if reply.status == MessageStatus.STREAMING:
+                raise StreamUnavailableError()
+            if reply.event_seq is not None and cursor.seq >= reply.event_seq:
+                return None
+            return self._snapshot(reply)
+        if state.finished and cursor.seq >= state.last_seq:
+            return None
+        return self.open_feed(
+            cursor.message_id,
+            cursor.seq,
+            max_seconds=self._settings.sse_max_connection_seconds,
+            reattach=True,
+        )
+
+    def open_feed(
+        self,
+        message_id: uuid.UUID,
+        after: int,
+        *,
+        max_seconds: float | None = None,
+        on_client_left: Callable[[uuid.UUID], None] | None = None,
+        reattach: bool = False,
+    ) -> ReplyFeed:
+        """Every event of the reply after `after`, live, to its terminal event. Closed without
+        a terminal event after `max_seconds`, or when the log is gone or unreachable (the
+        client re-attaches, elsewhere if need be). `on_client_left` runs when the reader goes
+        before the terminal event."""
+        log = self._log
+        metrics = self._metrics
+        generations = self._generations
+        mid = str(message_id)
+        local = generations.is_local(message_id)
+
+        async def frames() -> AsyncIterator[bytes]:
+            first = True
+            ended = False
+            metrics.stream_opened(reattach)
+            generations.reader_joined(message_id)
+            try:
+                with suppress(TimeoutError, KeyError, LogUnavailableError):
+                    async with asyncio.timeout(max_seconds):
+                        async for entry in log.follow(message_id, after):
+                            yield frame(mid, entry.seq, entry.event, entry.data, first)
+                            first = False
+                            if entry.event == "token":
+                                metrics.token_streamed()
+                            if entry.terminal:
+                                ended = True
+            finally:
+                metrics.stream_closed()
+                generations.reader_left(message_id)
+                if not ended and on_client_left is not None:
+                    on_client_left(message_id)
+
+        grace = self._settings.shutdown_grace_seconds + 5 if local else 0
+        return ReplyFeed(frames(), self._settings.sse_ping_seconds, grace)
+
+    def _snapshot(self, message: Message) -> ReplyFeed:
+        """A finished reply past its retention: one `snapshot` event with the stored message."""
+        data = message_response(message).model_dump_json()
+        seq = message.event_seq or 1
+
+        async def frames() -> AsyncIterator[bytes]:
+            yield frame(str(message.id), seq, "snapshot", data, True)
+
+        return ReplyFeed(frames(), 0, 0)
+
+    # --- stopping -------------------------------------------------------------------------------
+
+    async def stop(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, last_index: int | None
+    ) -> Message | None:
+        """Stop the conversation's running reply, from any process, and wait up to 5 s for its
+        end. The message as it then is (still `streaming`: the stop is under way), or None when
+        nothing was running."""
+        reply = await self._chat.streaming_message(user_id, conversation_id)
+        if reply is None:
+            return None
+        await self._generations.request_stop(reply.id, last_index)
+        return await self.wait_for_end(reply.id, STOP_WAIT_SECONDS)
+
+    async def delete_conversation(self, user_id: uuid.UUID, conversation_id: uuid.UUID) -> None:
+        """Delete a conversation and its messages; a running reply is stopped first."""
+        reply = await self._chat.streaming_message(user_id, conversation_id)
+        if reply is not None:
+            await self._generations.request_stop(reply.id, None)
+            await self.wait_for_end(reply.id, STOP_WAIT_SECONDS)
+        await self._chat.delete(user_id, conversation_id)
+
+    async def wait_for_end(self, message_id: uuid.UUID, wait_seconds: float) -> Message | None:
+        """Wait up to `wait_seconds` for the reply to leave `streaming`; the stored message
+        then (None: deleted). A reply generated here is waited for on its run's end; one
+        generated elsewhere on its log's terminal event (the row is committed before it)."""
+        if self._generations.is_local(message_id):
+            await self._generations.wait(message_id, wait_seconds)
+            return await self._chat.get_message(message_id)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait_seconds
+        with suppress(TimeoutError):
+            async with asyncio.timeout_at(until):
+                if await self._terminal_logged(message_id):
+                    return await self._chat.get_message(message_id)
+        # The log is unknown here or unreachable (a reply left by a crash, Redis down): the
+        # database is the only witness left.
+        while True:
+            message = await self._chat.get_message(message_id)
+            if message is None or message.status != MessageStatus.STREAMING:
+                return message
+            if loop.time() >= until:
+                return message
+            await asyncio.sleep(min(_POLL_SECONDS, max(until - loop.time(), 0)))
+
+    async def _terminal_logged(self, message_id: uuid.UUID) -> bool:
+        """Wait for the log's terminal event; False when the log cannot be followed."""
+        try:
+            state = await self._log.state(message_id)
+        except LogUnavailableError:
+            return False
+        if state is None:
+            return False
+        if state.finished:
+            return True
+        follower = self._log.follow(message_id, state.last_seq)
+        try:
+            async for entry in follower:
+                if entry.terminal:
+                    return True
+        except (KeyError, LogUnavailableError):
+            return False
+        finally:
+            await follower.aclose()
+        return False
