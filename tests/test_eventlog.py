@@ -281,10 +281,6 @@ async def test_mark_lost_only_as_next_seq(log: EventLog) -> None:
     assert not await log.mark_lost(uuid.uuid4(), lost)
 
 
-async def test_ping(log: EventLog) -> None:
-    assert await log.ping()
-
-
 # -- memory internals: a mirror fed out of order never skips a gap ------------------------
 
 
@@ -329,6 +325,15 @@ async def test_follow_through_another_process(redis_env: RedisEnv) -> None:
     raw = await redis_env.raw.xrange(redis_env.key(gen, "events"))
     assert [int(i.split("-")[1]) for i, _ in raw] == list(range(1, len(entries) + 1))
     assert (await redis_env.raw.hgetall(redis_env.key(gen, "meta")))["status"] == "finished"
+
+
+@needs_redis
+async def test_ping_says_whether_redis_answers(redis_env: RedisEnv) -> None:
+    """/ready reads this (the memory log has nothing to ask, and is always ready)."""
+    up = await redis_env.make("up")
+    down = await redis_env.make("down", url="redis://127.0.0.1:1/0", connect_timeout=0.2)
+    assert await up.ping() is True
+    assert await down.ping() is False
 
 
 @needs_redis
@@ -428,7 +433,7 @@ async def test_mark_lost_from_another_process_fences_the_owner(redis_env: RedisE
     stored = await redis_env.raw.xrange(redis_env.key(gen, "events"))
     assert [int(i.split("-")[1]) for i, _ in stored] == [1, 2, 3, 4, 5]
     assert stored[-1][1] == {"e": "error", "d": lost.data}
-    assert a._owned[gen].skip
+    assert a.fenced(gen)
     assert await b.state(gen) == LogState(5, True)
     assert await collect(b.follow(gen, 0)) == entries + [lost]
     meta = await redis_env.raw.hgetall(redis_env.key(gen, "meta"))
@@ -479,7 +484,7 @@ async def test_stop_on_b_reaches_owner_a_pubsub_lost_mocked(
         published.append((channel, message))
         return 0
 
-    monkeypatch.setattr(b._redis, "publish", lost_publish)
+    monkeypatch.setattr(b.redis, "publish", lost_publish)
     gen, _ = await started(a, 3)
     await b.request_stop(gen, None)
     assert published and json.loads(published[0][1])["stop"] == str(gen)
@@ -519,7 +524,7 @@ async def test_retention_drops_remote_log_and_keys(redis_env: RedisEnv) -> None:
         assert 0 < ttl <= RETENTION * 1000
     await eventually(lambda: _is_none(b.state(gen)))
     await eventually(lambda: _is_none(a.state(gen)))
-    assert not b._mirrors and not a._owned
+    assert not len(b.mirrors) and not a.writer.owned
     with pytest.raises(KeyError):
         await collect(b.follow(gen, 0))
 
@@ -556,7 +561,7 @@ async def test_many_followers_share_one_reading_connection(redis_env: RedisEnv) 
     results = await asyncio.gather(*readers)
     for i, got in enumerate(results):
         assert got == entries[i % 3 :]
-    assert not b._mirrors  # dropped once the last reader left
+    assert not len(b.mirrors)  # dropped once the last reader left
 
 
 @needs_redis
@@ -595,7 +600,7 @@ async def test_create_retried_when_redis_was_unreachable(
         raise RedisConnectionError("down for this test")
 
     with monkeypatch.context() as patch:
-        patch.setattr(a._redis, "pipeline", down_pipeline)
+        patch.setattr(a.redis, "pipeline", down_pipeline)
         gen, entries = await started(a, 2)  # the meta write fails and is queued
     await a.finish(gen, done(4))
     meta = await redis_env.raw.hgetall(redis_env.key(gen, "meta"))
@@ -611,21 +616,21 @@ async def test_a_batch_whose_reply_was_lost_is_resent_harmlessly(
 
     a = await redis_env.make("a")
     b = await redis_env.make("b")
-    real_send = a._send_raw
+    real_send = a.writer.send_batch
     lost = []
 
-    async def send_then_lose_reply(packed: bytes) -> object:
-        result = await real_send(packed)
+    async def send_then_lose_reply(keys: list[str], args: list[object]) -> object:
+        result = await real_send(keys, args)
         if not lost:
-            lost.append(packed)
+            lost.append(args)
             raise RedisConnectionError("reply lost")
         return result
 
-    monkeypatch.setattr(a, "_send_raw", send_then_lose_reply)
+    monkeypatch.setattr(a.writer, "send_batch", send_then_lose_reply)
     gen, entries = await started(a, 3)
     assert await a.flush(3)
     assert lost  # the first batch was written, then sent again
-    assert not a._owned[gen].skip  # its refusals were recognised as its own earlier write
+    assert not a.fenced(gen)  # its refusals were recognised as its own earlier write
     a.append(gen, token(3))
     await a.finish(gen, done(6))
     assert await collect(b.follow(gen, 0)) == entries + [token(3), done(6)]

@@ -611,7 +611,7 @@ async def test_reader_of_a_reaped_reply_gets_generation_lost(live, backend):
                 retention_seconds=5,
                 max_events=100,
                 ttl_seconds=60,
-                key_prefix=services.event_log._prefix,
+                key_prefix=f"{services.settings.redis_prefix}:gen:",
                 owner_id="dead-process",
             )
             await dead.start()
@@ -733,7 +733,7 @@ async def test_stop_through_another_app_lands_when_pubsub_is_lost_mocked(
             published.append(message)
             return 0
 
-        monkeypatch.setattr(app_b.state.services.event_log._redis, "publish", lost)
+        monkeypatch.setattr(app_b.state.services.event_log.redis, "publish", lost)
         tag = nonce()
         async with (
             httpx.AsyncClient(base_url=url_a, timeout=30) as a,
