@@ -284,3 +284,43 @@ def test_sqlite_timestamps_are_read_as_aware_utc_whichever_way_they_were_written
     assert value == expected
     assert value.utcoffset() == timedelta(0)
     assert process(None) is None
+
+
+async def test_a_row_read_before_a_commit_is_not_remembered_under_the_version_after_it(tmp_path):
+    # A read that falls back to the async engine awaits; meanwhile another connection commits
+    # (a logout, a disable) and another request moves the remembered version past it. The
+    # slow read's row, from before that commit, must not be served under the later version.
+    path = _wal_file(tmp_path)
+    settings = Settings(**TEST_SETTINGS, database_url=f"sqlite+aiosqlite:///{path}")
+    engine = create_engine(settings)
+    direct = Direct(engine)
+    query = select(_t.c.x).where(_t.c.x == bindparam("x"))
+    real_first = direct.first
+    read_done, release = asyncio.Event(), asyncio.Event()
+    slow_calls = 0
+
+    async def first_with_a_slow_first_call(statement, params=None):  # type: ignore[no-untyped-def]
+        nonlocal slow_calls
+        row = await real_first(statement, params)
+        if slow_calls == 0:
+            slow_calls += 1
+            read_done.set()
+            await release.wait()  # as the async engine's answer comes back late
+        return row
+
+    direct.first = first_with_a_slow_first_call  # type: ignore[method-assign]
+    try:
+        slow = asyncio.create_task(direct.first_unless_unchanged(1, query, {"x": 1}))
+        await read_done.wait()
+        other = sqlite3.connect(path)
+        other.execute("DELETE FROM t WHERE x = 1")
+        other.commit()
+        other.close()
+        assert await direct.first_unless_unchanged(1, query, {"x": 1}) is None
+        release.set()
+        assert (await slow) is not None  # its caller gets what it read...
+        # ...but nothing more is remembered from it: the row is gone since that commit.
+        assert await direct.first_unless_unchanged(1, query, {"x": 1}) is None
+    finally:
+        direct.close()
+        await engine.dispose()

@@ -192,6 +192,11 @@ class Direct:
         elif key in self._remembered:
             return self._remembered[key]
         row = await self.first(statement, params)
+        if self._remembered_version != version:
+            # The read awaited (it went to the async engine) and meanwhile another request saw
+            # a later version: this row may be from before that commit. Remember a row only
+            # under the version it was read at.
+            return row
         if len(self._remembered) >= _REMEMBERED_ROWS:
             self._remembered.pop(next(iter(self._remembered)))  # the oldest
         self._remembered[key] = row
