@@ -1,11 +1,16 @@
-"""The baseline: a bare Starlette app served by uvicorn exactly as `alice serve` serves ALICE.
+"""The baselines: a bare Starlette app served by uvicorn exactly as `alice serve` serves ALICE.
 
 `GET /json` answers a JSON body shaped like ALICE's UserResponse; `GET /sse?n=50&delay=20`
 sends the events of an ALICE reply (a `conversation` event, `n` `token` events `delay` ms
 apart, then `done`) in ALICE's wire format, at the pace of the fake Anthropic server (the first
 token at once, then one every `delay` ms). `GET /health` is there for the readiness check.
 
-Run: `python -m bench.bare --port P`.
+`GET /relay?n=50&delay=20&i=0` is the bare relay, the fair limit of ALICE's reply path: it asks
+the upstream (the fake Anthropic server, `--upstream`) for the same reply ALICE's benchmark asks
+for, reads its stream with aiohttp (one session, no connection cap) and writes each text delta
+as an SSE `token` event in ALICE's wire format; no database, auth, log or metrics.
+
+Run: `python -m bench.bare --port P [--upstream http://127.0.0.1:FAKE_PORT]`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import json
 import resource
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import aiohttp
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -73,12 +80,90 @@ async def sse_route(request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
+UPSTREAM = {"url": "http://127.0.0.1:8001"}
+_UPSTREAM_HEADERS = {
+    "x-api-key": "bench-key",
+    "anthropic-version": "2023-06-01",
+    "content-type": "application/json",
+    "accept": "application/json",
+}
+
+
+async def relay_route(request: Request) -> Response:
+    n = min(int(request.query_params.get("n", "50")), 10_000)
+    delay = int(request.query_params.get("delay", "20"))
+    i = request.query_params.get("i", "0")
+    session: aiohttp.ClientSession = request.app.state.session
+    # The body ALICE sends for the benchmark's stream `i` (bench/client.py), without the
+    # system prompt and history ALICE adds.
+    body = {
+        "model": "bench-model",
+        "max_tokens": 1024,
+        "stream": True,
+        "messages": [{"role": "user", "content": f"Stream {i} [[tokens:{n}]] [[delay:{delay}]]"}],
+    }
+    mid = str(uuid.uuid4())
+    cid = str(uuid.uuid4())
+
+    async def events() -> AsyncIterator[bytes]:
+        conversation = _dumps({"conversation_id": cid, "is_new": True, "message_id": mid})
+        yield f"retry: 1000\nid: {mid}:1\nevent: conversation\ndata: {conversation}\n\n".encode()
+        seq = 1
+        index = 0
+        pending = b""
+        url = f"{UPSTREAM['url']}/v1/messages"
+        async with session.post(url, json=body, headers=_UPSTREAM_HEADERS) as upstream:
+            async for chunk in upstream.content.iter_any():
+                pending += chunk
+                *blocks, pending = pending.split(b"\n\n")
+                out = []
+                for block in blocks:
+                    start = block.find(b"data: ")
+                    if start < 0:
+                        continue
+                    event = json.loads(block[start + 6 :])
+                    if event.get("type") != "content_block_delta":
+                        continue
+                    seq += 1
+                    data = _dumps({"content": event["delta"]["text"], "index": index})
+                    index += 1
+                    out.append(f"id: {mid}:{seq}\nevent: token\ndata: {data}\n\n".encode())
+                if out:
+                    yield b"".join(out)
+        done = _dumps(
+            {
+                "message_id": mid,
+                "conversation_id": cid,
+                "total_tokens": index + 11,
+                "status": "complete",
+                "last_index": index - 1,
+            }
+        )
+        yield f"id: {mid}:{seq + 1}\nevent: done\ndata: {done}\n\n".encode()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    # No cap on connections (limit=0), as ALICE's provider client has none.
+    app.state.session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+    )
+    try:
+        yield
+    finally:
+        await app.state.session.close()
+
+
 app = Starlette(
     routes=[
         Route("/json", json_route),
         Route("/sse", sse_route),
+        Route("/relay", relay_route),
         Route("/health", health),
-    ]
+    ],
+    lifespan=lifespan,
 )
 
 
@@ -95,7 +180,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="bare Starlette baseline")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", default=UPSTREAM["url"], help="the fake Anthropic server")
     args = parser.parse_args()
+    UPSTREAM["url"] = args.upstream.rstrip("/")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
