@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette.sse import AppStatus
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from alice.api import errors, openapi, ops
+from alice.api import errors, openapi, ops, pages
 from alice.api.v1 import auth, chat, export, search
 from alice.core.config import Settings, get_settings
 from alice.core.database import Direct, create_engine, create_session_factory
@@ -128,6 +128,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Accounts with JWT auth, and conversations with Claude streamed over SSE.",
         lifespan=lifespan,
+        # /docs and /redoc are alice.api.pages: vendored assets, no CDN (SPEC 8).
+        docs_url=None,
+        redoc_url=None,
         # ALICE exports Prometheus metrics (/metrics) and logs; FastAPI's native OpenTelemetry
         # looked up the global OTel providers (and the environment) on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -139,8 +142,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Their routes join the app's own list: FastAPI 0.16x matches a request against an
     # included router's routes up to four times (a quarter of /health's time); a flat list is
     # matched once. The routers set no dependencies or options of their own that this skips.
-    for router in (auth.router, chat.router, search.router, export.router, ops.router):
+    for router in (
+        auth.router,
+        chat.router,
+        search.router,
+        export.router,
+        ops.router,
+        pages.router,
+    ):
         app.router.routes.extend(router.routes)
+    app.mount("/static", pages.static_files, name="static")
 
     @app.get("/metrics", tags=["operations"], name="metrics", response_class=PlainTextResponse)
     async def metrics_endpoint() -> PlainTextResponse:

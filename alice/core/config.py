@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     redis_prefix: str = "alice"
     secret_key: SecretStr | None = None
 
-    access_token_minutes: int = 15
+    access_token_minutes: float = 15  # a float so that tests can inject seconds
     refresh_token_days: int = 7
     refresh_reuse_grace_seconds: float = 10
     session_max_days: float = 30
