@@ -23,6 +23,21 @@ def _directives(csp: str) -> dict[str, str]:
     return {part.split()[0]: part.strip() for part in csp.split(";") if part.strip()}
 
 
+async def test_chat_page_policy_allows_no_inline_code_and_enforces_trusted_types(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    csp = _directives(response.headers["content-security-policy"])
+    assert csp["default-src"] == "default-src 'none'"
+    assert csp["script-src"] == "script-src 'self'"
+    assert csp["style-src"] == "style-src 'self'"
+    assert csp["frame-ancestors"] == "frame-ancestors 'none'"
+    assert csp["require-trusted-types-for"] == "require-trusted-types-for 'script'"
+    assert "unsafe" not in response.headers["content-security-policy"]
+
+
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])
 async def test_docs_pages_allow_no_inline_script(client: httpx.AsyncClient, path: str) -> None:
     response = await client.get(path)

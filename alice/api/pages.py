@@ -55,6 +55,12 @@ def _html(name: str, csp: str) -> Response:
     )
 
 
+@router.get("/")
+async def chat_page() -> Response:
+    """The chat page (SPEC 16)."""
+    return _html("index.html", PAGE_CSP)
+
+
 @router.get("/docs")
 async def swagger_ui() -> Response:
     """Swagger UI over /openapi.json, from vendored assets."""
