@@ -14,6 +14,7 @@ repository): `pytest --basetemp=out/` keeps them in a folder of your choosing.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
@@ -107,12 +108,13 @@ async def browser() -> AsyncIterator[Any]:
 def new_context(browser: Any, site: Site) -> Callable[..., Any]:
     """A browser context (one person's profile) that can reach the app and nothing else."""
 
-    async def make(**options: Any) -> Any:
-        context = await browser.new_context(base_url=site.url, **options)
+    async def make(origin: str | None = None, **options: Any) -> Any:
+        origin = origin or site.url
+        context = await browser.new_context(base_url=origin, **options)
 
         async def only_the_app(route: Any) -> None:
             url = route.request.url
-            if url.startswith(site.url + "/") or url == site.url:
+            if url.startswith(origin + "/") or url == origin:
                 await route.continue_()
             elif url.startswith(("data:", "blob:")):
                 await route.continue_()
@@ -124,6 +126,62 @@ def new_context(browser: Any, site: Site) -> Callable[..., Any]:
         return context
 
     return make
+
+
+class CuttableLink:
+    """A TCP relay between the browser and the app whose every connection the test can cut
+    at once, then refuse new ones until `restore()`: the network lost, as the page sees it
+    (Chromium's offline emulation leaves open responses running)."""
+
+    def __init__(self, target_url: str) -> None:
+        host, port = target_url.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.down = False
+        self.cuts = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> CuttableLink:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update((writer, up_writer))
+
+    def cut(self) -> None:
+        self.down = True
+        self.cuts += 1
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.down = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -23,17 +24,18 @@ def site_settings() -> dict[str, Any]:
 
 
 async def stored_messages(site: Site, conversation_id: str) -> list[dict[str, Any]]:
-    async with site.services.sessions() as session:
-        from sqlalchemy import text
+    """The conversation's messages as the database holds them, oldest first."""
+    from sqlalchemy import select
 
-        rows = await session.execute(
-            text(
-                "SELECT role, content, status FROM messages WHERE conversation_id = :c "
-                "ORDER BY created_at, id"
-            ),
-            {"c": conversation_id.replace("-", "")},
+    from alice.models import Message
+
+    async with site.services.sessions() as session:
+        rows = await session.scalars(
+            select(Message)
+            .where(Message.conversation_id == uuid.UUID(conversation_id))
+            .order_by(Message.created_at, Message.id)
         )
-        return [dict(r._mapping) for r in rows]
+        return [{"role": m.role, "content": m.content, "status": m.status} for m in rows]
 
 
 async def check_axe(person: Person, screen: str) -> None:
@@ -178,8 +180,8 @@ async def test_keyboard_alone(site: Site, new_context: Any, shots: Shots) -> Non
     await keys.press("Tab")  # Log in
     await keys.press("Tab")  # Register
     await keys.press("Enter")
-    await page.get_by_role("button", name="Log out").wait_for()
-    assert await page.evaluate("document.activeElement.id") == "message"
+    # Logged in, the message box has the focus.
+    await page.wait_for_function("() => document.activeElement.id === 'message'")
     await keys.type("Typed, not clicked.")
     await keys.press("Enter")
     await person.wait_reply_done(at_least=1)

@@ -75,6 +75,7 @@ async function showChat() {
   $("chat-view").hidden = false;
   $("email").value = "";
   $("password").value = "";
+  $("message").focus();
   if (!started) {
     started = true;
     thread.setHooks({
@@ -95,7 +96,7 @@ async function showChat() {
   loadModels();
   await thread.open(hashConversation());
   markCurrent();
-  $("message").focus();
+  if (document.activeElement === document.body) $("message").focus();
 }
 
 function request(method, path, options) {

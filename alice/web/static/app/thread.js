@@ -453,7 +453,7 @@ function startEdit(el) {
     h(
       "div",
       { class: "row" },
-      h("button", { type: "submit", text: "Send edit" }),
+      h("button", { type: "submit", text: "Save and send" }),
       h("button", { type: "button", text: "Cancel", onclick: () => form.remove() }),
     ),
   );
@@ -518,18 +518,30 @@ function restore(anchor, removed) {
   else list().prepend(...removed);
 }
 
+// Step to the previous or next version of a message: its siblings (same parent, by creation)
+// are read from the conversation's JSON export, the one public view of the whole tree.
 async function switchVersion(message, step) {
   if (state.reply) return;
-  const sibling = message.sibling_ids?.[message.sibling_index + step];
-  if (!sibling) return;
+  const generation = state.generation;
   try {
+    const res = await fetchAuthed("GET", `${CHAT}/conversations/${state.id}/export?format=json`);
+    const tree = await res.json();
+    const parent = message.parent_id ?? null;
+    const siblings = tree.messages
+      .filter((m) => (m.parent_id ?? null) === parent)
+      .sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id));
+    const target = siblings[message.sibling_index + step];
+    if (!target || generation !== state.generation) return;
     const page = await request("PUT", `${CHAT}/conversations/${state.id}/branch`, {
-      json: { message_id: sibling },
+      json: { message_id: target.id },
     });
+    if (generation !== state.generation) return;
     state.generation += 1;
     list().replaceChildren(...page.items.map(article));
     state.cursor = page.next_cursor;
     state.more = Boolean(page.next_cursor);
+    const shown = list().querySelector(`article[data-id="${target.id}"]`);
+    shown?.querySelector(step < 0 ? "[aria-label='Previous version']" : "[aria-label='Next version']")?.focus();
   } catch (err) {
     notify(describe(err));
   }
