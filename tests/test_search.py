@@ -259,3 +259,32 @@ async def test_hostile_queries_are_200_or_422(open_app, q):
     if resp.status_code == 200:
         for hit in resp.json()["items"]:
             assert len(hit["snippet"]) <= SNIPPET_MAX
+
+
+async def test_sort_key_has_room_for_far_dates(app, client, user):
+    """The key is µs × 1024 in a signed 64-bit integer: messages dated up to the year 2255
+    index and sort (× 4096 overflowed in 2041)."""
+    from datetime import UTC, datetime
+
+    from alice.models import Conversation, Message
+
+    me = uuid.UUID((await client.get("/api/v1/auth/me", headers=user.headers)).json()["id"])
+    tag = uuid.uuid4().hex[:8]
+    at = datetime(2250, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    conv_id, msg_id = uuid.uuid4(), uuid.uuid4()
+    async with app.state.services.sessions() as s, s.begin():
+        s.add(
+            Conversation(
+                id=conv_id, user_id=me, title=f"future {tag}", created_at=at, updated_at=at
+            )
+        )
+        await s.flush()
+        s.add(
+            Message(
+                id=msg_id, conversation_id=conv_id, role="user", content=f"far {tag}", created_at=at
+            )
+        )
+    await say(client, user, f"now {tag}")
+    hits = (await search(client, user, tag))["items"]
+    assert hits[0]["created_at"].startswith("2250-06-01T12:00:00.123456")
+    assert {h["message_id"] for h in hits[:2]} == {None, str(msg_id)}

@@ -15,7 +15,7 @@ class SearchDoc(Base):
     Written only by database triggers (migration 0004), so every path that inserts, edits or
     deletes a message or a conversation keeps the index in step, cascades included. `id` is
     the sort key, newest first: the doc's time (a message's `created_at`, a title's
-    `updated_at`) in microseconds × 4096, plus a tie-break. On SQLite the words live in the
+    `updated_at`) in microseconds × 1024, plus a tie-break. On SQLite the words live in the
     FTS5 table `search_fts` (rowid = `id`); on PostgreSQL in `tsv`, under a GIN index."""
 
     __tablename__ = "search_docs"

@@ -40,11 +40,12 @@ def _sqlite_micros(col: str) -> str:
 
 
 def _sqlite_key(col: str) -> str:
-    """The doc's sort key: µs × 4096, plus one more than the largest key of that µs."""
-    base = f"({_sqlite_micros(col)} * 4096)"
+    """The doc's sort key: µs × 1024 (a signed 64-bit key has room until the year 2255),
+    plus one more than the largest key of that µs."""
+    base = f"({_sqlite_micros(col)} * 1024)"
     return (
         f"COALESCE((SELECT max(id) + 1 FROM search_docs WHERE id BETWEEN {base} "
-        f"AND {base} + 4095), {base})"
+        f"AND {base} + 1023), {base})"
     )
 
 
@@ -131,8 +132,8 @@ END $$
 CREATE SEQUENCE search_docs_tiebreak
 ---
 CREATE FUNCTION alice_search_key(at timestamptz) RETURNS bigint LANGUAGE sql AS $$
-    SELECT (extract(epoch FROM at) * 1000000)::bigint * 4096
-        + nextval('search_docs_tiebreak') % 4096
+    SELECT (extract(epoch FROM at) * 1000000)::bigint * 1024
+        + nextval('search_docs_tiebreak') % 1024
 $$
 ---
 CREATE FUNCTION alice_search_message() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -202,18 +203,18 @@ INSERT INTO search_docs (id, user_id, conversation_id, message_id, tsv)
 
 
 def _sqlite_backfill() -> list[str]:
-    # Ties within one µs are numbered (messages from 0, titles from 2048): the triggers'
+    # Ties within one µs are numbered (messages from 0, titles from 512): the triggers'
     # max() + 1 would not see rows of the same INSERT … SELECT.
     m_micros = _sqlite_micros("m.created_at")
     c_micros = _sqlite_micros("c.updated_at")
     return [
         f"""INSERT INTO search_docs (id, user_id, conversation_id, message_id)
-            SELECT {m_micros} * 4096 - 1 + row_number() OVER (PARTITION BY m.created_at),
+            SELECT {m_micros} * 1024 - 1 + row_number() OVER (PARTITION BY m.created_at),
                 c.user_id, m.conversation_id, m.id
             FROM messages m JOIN conversations c ON c.id = m.conversation_id
             WHERE {_SQLITE_INDEXED.format(row="m")}""",
         f"""INSERT INTO search_docs (id, user_id, conversation_id, message_id)
-            SELECT {c_micros} * 4096 + 2047 + row_number() OVER (PARTITION BY c.updated_at),
+            SELECT {c_micros} * 1024 + 511 + row_number() OVER (PARTITION BY c.updated_at),
                 c.user_id, c.id, NULL
             FROM conversations c""",
         """INSERT INTO search_fts (rowid, owner, body)
