@@ -288,3 +288,17 @@ async def test_sort_key_has_room_for_far_dates(app, client, user):
     hits = (await search(client, user, tag))["items"]
     assert hits[0]["created_at"].startswith("2250-06-01T12:00:00.123456")
     assert {h["message_id"] for h in hits[:2]} == {None, str(msg_id)}
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(
+    text=st.text(st.sampled_from("ab AB_-.1é\n"), max_size=40),
+    words=st.sets(st.text(st.sampled_from("abAB1"), min_size=1, max_size=3), min_size=1),
+)
+def test_ascii_fast_path_finds_what_folding_each_word_finds(text, words):
+    from alice.services import search as s
+
+    folded = {fold(w) for w in words}
+    plain = " ".join(text.split())
+    slow = [(m.start(), m.end()) for m in s._WORD.finditer(plain) if fold(m.group()) in folded]
+    assert s._spans(plain, folded) == slow
