@@ -17,7 +17,7 @@ from sse_starlette.sse import AppStatus
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from alice.api import errors, openapi, ops, pages
-from alice.api.v1 import auth, chat, export, search
+from alice.api.v1 import ai_models, auth, chat, export, search, usage
 from alice.core.config import Settings, get_settings
 from alice.core.database import Direct, create_engine, create_session_factory
 from alice.core.metrics import Metrics
@@ -26,6 +26,7 @@ from alice.core.ratelimit import RateLimiter
 from alice.core.security import PasswordHashing, TokenCodec
 from alice.services.ai import create_provider
 from alice.services.auth import AuthService
+from alice.services.budgets import Budgets
 from alice.services.chat import ChatService
 from alice.services.container import Services
 from alice.services.eventlog import make_event_log
@@ -34,6 +35,7 @@ from alice.services.generation import GenerationRegistry
 from alice.services.replies import ReplyService
 from alice.services.search import SearchService
 from alice.services.slots import make_slots
+from alice.services.usage import UsageService
 
 
 def raise_open_file_limit() -> None:
@@ -73,8 +75,17 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         key_prefix=f"{settings.redis_prefix}:gen:",
     )
     provider = create_provider(settings, on_error=metrics.ai_error)
-    chat = ChatService(sessions, direct, settings.ai_context_messages)
-    generations = GenerationRegistry(settings, sessions, provider, event_log, metrics)
+    chat = ChatService(
+        sessions, direct, settings.ai_context_messages, models=settings.ai_model_list
+    )
+    usage_service = UsageService(
+        direct, settings.user_daily_tokens, sqlite_dialect=settings.is_sqlite
+    )
+    slots = make_slots(settings.redis_url, settings.redis_prefix)
+    generations = GenerationRegistry(
+        settings, sessions, provider, event_log, metrics, usage=usage_service
+    )
+    budgets = Budgets(usage_service, slots, settings.user_max_running_replies)
     return Services(
         settings=settings,
         engine=engine,
@@ -86,11 +97,12 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         provider=provider,
         event_log=event_log,
         generations=generations,
-        replies=ReplyService(settings, chat, generations, event_log, metrics),
+        replies=ReplyService(settings, chat, generations, event_log, metrics, budgets=budgets),
         metrics=metrics,
         search=SearchService(direct, sqlite=settings.is_sqlite),
         export=ExportService(chat, direct),
-        slots=make_slots(settings.redis_url, settings.redis_prefix),
+        slots=slots,
+        usage=usage_service,
     )
 
 
@@ -147,6 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         chat.router,
         search.router,
         export.router,
+        ai_models.router,
+        usage.router,
         ops.router,
         pages.router,
     ):

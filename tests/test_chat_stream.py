@@ -396,7 +396,7 @@ async def test_unexpected_provider_bug_ends_reply_instead_of_leaving_it_streamin
     from alice.services.ai.base import TextDelta
 
     class Broken:
-        async def stream(self, system, messages):
+        async def stream(self, system, messages, model=None):
             yield TextDelta("partial ")
             raise RuntimeError("a bug")
 

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     # The longest a request waits for its turn at Argon2 before it is answered 503.
     argon2_max_wait_seconds: float = Field(default=5, gt=0)
 
+    # Models a user may choose, and per-user budgets (SPEC 15). Unset = ALICE_AI_MODEL alone;
+    # no token budget; no cap on running replies. Independent of ALICE_RATE_LIMIT_ENABLED.
+    ai_models: str | None = None
+    user_daily_tokens: int | None = Field(default=None, ge=1)
+    user_max_running_replies: int | None = Field(default=None, ge=1)
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if self.env == "production":
@@ -88,6 +94,21 @@ class Settings(BaseSettings):
                     'make one with: python -c "import secrets; print(secrets.token_hex(32))"'
                 )
         return self
+
+    @model_validator(mode="after")
+    def _models_listed(self) -> Settings:
+        if self.ai_models is not None and not self.ai_model_list:
+            raise ValueError(
+                "ALICE_AI_MODELS must name at least one model (comma-separated), or be unset"
+            )
+        return self
+
+    @property
+    def ai_model_list(self) -> list[str]:
+        """The models a user may choose; the first is the default (SPEC 15)."""
+        if self.ai_models is None:
+            return [self.ai_model]
+        return list(dict.fromkeys(m.strip() for m in self.ai_models.split(",") if m.strip()))
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     AI_SERVICE_UNAVAILABLE = "AI_SERVICE_UNAVAILABLE"
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    TOO_MANY_GENERATIONS = "TOO_MANY_GENERATIONS"
 
 
 STATUS: dict[ErrorCode, int] = {
@@ -45,6 +47,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.AI_SERVICE_UNAVAILABLE: 503,
     ErrorCode.DATABASE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.QUOTA_EXCEEDED: 429,
+    ErrorCode.TOO_MANY_GENERATIONS: 429,
 }
 
 DEFAULT_DETAIL: dict[ErrorCode, str] = {
@@ -67,6 +71,8 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
     ErrorCode.AI_SERVICE_UNAVAILABLE: "The AI service is unavailable.",
     ErrorCode.DATABASE_UNAVAILABLE: "The database is unavailable.",
     ErrorCode.INTERNAL_ERROR: "Internal server error.",
+    ErrorCode.QUOTA_EXCEEDED: "Your daily token budget is spent; it renews at midnight UTC.",
+    ErrorCode.TOO_MANY_GENERATIONS: "You already have as many replies running as allowed.",
 }
 
 
@@ -81,7 +87,12 @@ STREAM_ERROR_CODES: tuple[ErrorCode, ...] = (
 )
 # Codes whose responses always carry `Retry-After`.
 RETRY_AFTER_CODES: frozenset[ErrorCode] = frozenset(
-    {ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.DATABASE_UNAVAILABLE}
+    {
+        ErrorCode.RATE_LIMIT_EXCEEDED,
+        ErrorCode.DATABASE_UNAVAILABLE,
+        ErrorCode.QUOTA_EXCEEDED,
+        ErrorCode.TOO_MANY_GENERATIONS,
+    }
 )
 
 
@@ -150,6 +161,14 @@ class AIServiceUnavailableError(AliceError):
 
 class DatabaseUnavailableError(AliceError):
     code = ErrorCode.DATABASE_UNAVAILABLE
+
+
+class QuotaExceededError(AliceError):
+    code = ErrorCode.QUOTA_EXCEEDED
+
+
+class TooManyGenerationsError(AliceError):
+    code = ErrorCode.TOO_MANY_GENERATIONS
 
 
 def error_body(code: ErrorCode, detail: str | None = None) -> dict[str, Any]:

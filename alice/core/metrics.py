@@ -86,6 +86,12 @@ class Metrics:
         self.ai_errors = Counter(
             "alice_ai_errors_total", "AI provider failures by cause", ["cause"], registry=r
         )
+        self.ai_tokens = Counter(
+            "alice_ai_tokens_total",
+            "tokens of ended replies as the provider reported them, by model and kind",
+            ["model", "kind"],
+            registry=r,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         # The labelled children are looked up once per (method, route, status): `labels()`
@@ -131,6 +137,13 @@ class Metrics:
 
     def ai_error(self, cause: str) -> None:
         self.ai_errors.labels(cause).inc()
+
+    def reply_tokens(self, model: str, input_tokens: int, output_tokens: int) -> None:
+        """A reply's tokens (SPEC 15: what each model spends), counted when it ends."""
+        if input_tokens:
+            self.ai_tokens.labels(model, "input").inc(input_tokens)
+        if output_tokens:
+            self.ai_tokens.labels(model, "output").inc(output_tokens)
 
     def render(self) -> bytes:
         if self.multiprocess:

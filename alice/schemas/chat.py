@@ -31,6 +31,14 @@ def _title(value: str) -> str:
 class MessageCreate(BaseModel):
     content: Annotated[str, Field(min_length=1, max_length=CONTENT_MAX), AfterValidator(_content)]
     conversation_id: uuid.UUID | None = None
+    model: Annotated[
+        str | None,
+        Field(
+            max_length=100,
+            description="One of GET /chat/models; a new conversation keeps it for later "
+            "messages. Default: the conversation's model, else the first of ALICE_AI_MODELS.",
+        ),
+    ] = None
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"content": "Hello ALICE!", "conversation_id": None}]}
@@ -52,6 +60,7 @@ class ConversationResponse(BaseModel):
     title: str
     created_at: datetime
     updated_at: datetime
+    model: str | None = Field(default=None, description="The model its replies use.")
 
 
 class MessageResponse(BaseModel):
@@ -67,6 +76,9 @@ class MessageResponse(BaseModel):
         description="For a streaming message: the stream position its content covers."
     )
     created_at: datetime
+    model: str | None = Field(
+        default=None, description="The model that wrote an assistant message (null for a user's)."
+    )
 
 
 class ConversationPage(BaseModel):
@@ -77,3 +89,12 @@ class ConversationPage(BaseModel):
 class MessagePage(BaseModel):
     items: list[MessageResponse]
     next_cursor: str | None
+
+
+class AIModelResponse(BaseModel):
+    id: str
+    default: bool
+
+
+class AIModelList(BaseModel):
+    items: list[AIModelResponse]

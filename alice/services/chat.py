@@ -13,7 +13,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alice.core.database import Direct, transaction
-from alice.core.errors import ConversationNotFoundError, GenerationInProgressError
+from alice.core.errors import (
+    ConversationNotFoundError,
+    GenerationInProgressError,
+    ValidationFailedError,
+)
 from alice.core.security import utcnow
 from alice.models import Conversation, Message, MessageRole, MessageStatus
 from alice.schemas.chat import MessageResponse
@@ -27,6 +31,7 @@ _CONVERSATION_COLUMNS = (
     Conversation.title,
     Conversation.created_at,
     Conversation.updated_at,
+    Conversation.model,
 )
 _SPACES = re.compile(r"\s+")
 
@@ -51,6 +56,9 @@ _CONVERSATIONS_AFTER = (
     .limit(bindparam("limit"))
 )
 _CONVERSATION_OWNER = select(Conversation.user_id).where(
+    Conversation.id == bindparam("conversation_id")
+)
+_CONVERSATION_OWNER_MODEL = select(Conversation.user_id, Conversation.model).where(
     Conversation.id == bindparam("conversation_id")
 )
 _STREAMING_REPLY = select(Message.id).where(
@@ -102,6 +110,7 @@ def message_response(m: Message) -> MessageResponse:
         token_count=m.token_count,
         event_id=f"{m.id}:{m.event_seq}" if streaming and m.event_seq else None,
         created_at=m.created_at,
+        model=m.model,
     )
 
 
@@ -114,15 +123,27 @@ class ReplyStart:
     user_message_id: uuid.UUID
     message_id: uuid.UUID
     context: list[ChatTurn]
+    model: str
 
 
 class ChatService:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], direct: Direct, context_messages: int
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        direct: Direct,
+        context_messages: int,
+        models: list[str] | None = None,
     ) -> None:
         self._sessions = sessions
         self._direct = direct
         self._context_messages = context_messages
+        # The models a user may choose (ALICE_AI_MODELS); the first is the default.
+        self._models = models or [""]
+
+    def check_model(self, model: str | None) -> None:
+        """A 422 on `body.model` unless it is None or one of ALICE_AI_MODELS."""
+        if model is not None and model not in self._models:
+            raise ValidationFailedError("body.model", "must be one of GET /chat/models")
 
     async def get_conversation(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID
@@ -224,12 +245,20 @@ class ChatService:
             ).scalar()
 
     async def begin_reply(
-        self, user_id: uuid.UUID, content: str, conversation_id: uuid.UUID | None
+        self,
+        user_id: uuid.UUID,
+        content: str,
+        conversation_id: uuid.UUID | None,
+        model: str | None = None,
     ) -> ReplyStart:
         """Commit the user's message and the reply's `streaming` placeholder together.
 
         A conversation already generating a reply refuses (409); the unique partial index on
-        `streaming` messages makes that hold for simultaneous requests too."""
+        `streaming` messages makes that hold for simultaneous requests too. The reply's model
+        is `model` (which the conversation keeps from now on), else the conversation's, else
+        the default."""
+        self.check_model(model)
+        default_model = self._models[0]
         now = utcnow()
         user_msg_id, reply_id = uuid.uuid4(), uuid.uuid4()
         is_new = conversation_id is None
@@ -237,8 +266,9 @@ class ChatService:
 
         # Core statements on a plain connection, in one transaction that may run inline (see
         # Direct): this is on the way to the first token.
-        def work(conn: Connection) -> list[tuple[str, str, str]]:
+        def work(conn: Connection) -> tuple[list[tuple[str, str, str]], str]:
             history: list[tuple[str, str, str]] = []
+            chosen = model or default_model
             if is_new:
                 conn.execute(
                     insert(Conversation).values(
@@ -247,12 +277,15 @@ class ChatService:
                         title=make_title(content),
                         created_at=now,
                         updated_at=now,
+                        model=chosen,
                     )
                 )
             else:
-                owner = conn.scalar(_CONVERSATION_OWNER, {"conversation_id": conv_id})
-                if owner != user_id:
+                conv = conn.execute(_CONVERSATION_OWNER_MODEL, {"conversation_id": conv_id}).first()
+                if conv is None or conv.user_id != user_id:
                     raise ConversationNotFoundError()
+                if model is None and conv.model in self._models:
+                    chosen = conv.model
                 if conn.execute(_STREAMING_REPLY, {"conversation_id": conv_id}).first():
                     raise GenerationInProgressError()
                 rows = conn.execute(
@@ -260,7 +293,9 @@ class ChatService:
                 ).all()
                 history = [(r.role, r.content, r.status) for r in reversed(rows)]
                 conn.execute(
-                    update(Conversation).where(Conversation.id == conv_id).values(updated_at=now)
+                    update(Conversation)
+                    .where(Conversation.id == conv_id)
+                    .values(updated_at=now, model=chosen)
                 )
             conn.execute(
                 insert(Message),
@@ -275,6 +310,7 @@ class ChatService:
                         "event_seq": None,
                         "heartbeat_at": None,
                         "created_at": now,
+                        "model": None,
                     },
                     {
                         "id": reply_id,
@@ -287,19 +323,20 @@ class ChatService:
                         "heartbeat_at": now,
                         # One microsecond later: the reply sorts after its question.
                         "created_at": now + timedelta(microseconds=1),
+                        "model": chosen,
                     },
                 ],
             )
-            return history
+            return history, chosen
 
         try:
-            history = await self._direct.transaction(work)
+            history, chosen = await self._direct.transaction(work)
         except IntegrityError:
             raise GenerationInProgressError() from None
         context = build_context(
             [*history, ("user", content, MessageStatus.COMPLETE)], self._context_messages
         )
-        return ReplyStart(conv_id, is_new, user_msg_id, reply_id, context)
+        return ReplyStart(conv_id, is_new, user_msg_id, reply_id, context, chosen)
 
     @staticmethod
     async def _owned(

@@ -19,6 +19,7 @@ from alice.services.generation import GenerationRegistry
 from alice.services.replies import ReplyService
 from alice.services.search import SearchService
 from alice.services.slots import Slots
+from alice.services.usage import UsageService
 
 
 @dataclass
@@ -39,3 +40,4 @@ class Services:
     export: ExportService
     # Counted slots over every process: open streams per user (and other per-user caps).
     slots: Slots
+    usage: UsageService

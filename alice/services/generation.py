@@ -28,10 +28,11 @@ from alice.core.config import Settings
 from alice.core.database import rowcount, transaction
 from alice.core.errors import DEFAULT_DETAIL, AIServiceUnavailableError, ErrorCode
 from alice.core.security import utcnow
-from alice.models import Message, MessageStatus
+from alice.models import Conversation, Message, MessageStatus
 from alice.services.ai.base import AIProvider, ChatTurn, TextDelta, Usage
 from alice.services.chat import ReplyStart
 from alice.services.eventlog.base import Entry, EventLog, LogUnavailableError
+from alice.services.usage import UsageService
 
 log = logging.getLogger("alice.generation")
 
@@ -74,6 +75,9 @@ class Run:
     conversation_id: uuid.UUID
     user_id: uuid.UUID
     context: list[ChatTurn]
+    model: str = ""
+    # The user's running-reply slot (ALICE_USER_MAX_RUNNING_REPLIES), given back at the end.
+    slot: Any = None
     seq: int = 1  # the conversation event
     parts: list[str] = field(default_factory=list)
     input_tokens: int = 0
@@ -92,6 +96,7 @@ class ReplyMetrics(Protocol):
     def tokens(self, n: int, attended: bool) -> None: ...
     def reaped(self) -> None: ...
     def ai_error(self, cause: str) -> None: ...
+    def reply_tokens(self, model: str, input_tokens: int, output_tokens: int) -> None: ...
 
 
 class _NoMetrics:
@@ -100,6 +105,7 @@ class _NoMetrics:
     def tokens(self, n: int, attended: bool) -> None: ...
     def reaped(self) -> None: ...
     def ai_error(self, cause: str) -> None: ...
+    def reply_tokens(self, model: str, input_tokens: int, output_tokens: int) -> None: ...
 
 
 class GenerationRegistry:
@@ -110,12 +116,15 @@ class GenerationRegistry:
         provider: AIProvider,
         event_log: EventLog,
         metrics: ReplyMetrics | None = None,
+        usage: UsageService | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._provider = provider
         self._log = event_log
         self._metrics: ReplyMetrics = metrics or _NoMetrics()
+        # Each reply's tokens go to the user's ledger in the transaction that saves its end.
+        self._usage = usage
         self._runs: dict[uuid.UUID, Run] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._pg = not settings.is_sqlite
@@ -180,9 +189,9 @@ class GenerationRegistry:
 
     # --- starting and stopping -------------------------------------------------------------
 
-    async def start(self, start: ReplyStart, user_id: uuid.UUID) -> None:
+    async def start(self, start: ReplyStart, user_id: uuid.UUID, slot: Any = None) -> None:
         """Run the committed reply `start` as a server-side task; its `conversation` event is
-        logged first."""
+        logged first. `slot` (the user's running-reply slot) is released when the reply ends."""
         message_id, conversation_id = start.message_id, start.conversation_id
         await self._log.create(
             message_id,
@@ -206,7 +215,7 @@ class GenerationRegistry:
                 ),
             ),
         )
-        run = Run(message_id, conversation_id, user_id, start.context)
+        run = Run(message_id, conversation_id, user_id, start.context, model=start.model, slot=slot)
         self._runs[message_id] = run
         run.task = asyncio.create_task(self._run(run), name=f"alice-reply-{message_id}")
         self._metrics.reply_started()
@@ -253,7 +262,7 @@ class GenerationRegistry:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.generation_max_seconds
         idle = settings.ai_timeout_seconds
-        stream = self._provider.stream(settings.system_prompt, run.context)
+        stream = self._provider.stream(settings.system_prompt, run.context, run.model or None)
         heartbeat = asyncio.create_task(self._heartbeat(run), name=f"alice-hb-{run.message_id}")
         outcome = Outcome.COMPLETE
         mid = run.message_id
@@ -327,6 +336,8 @@ class GenerationRegistry:
         finally:
             self._runs.pop(mid, None)
             run.done.set()
+            if run.slot is not None:
+                await run.slot.release()
 
     async def _finish(self, run: Run, outcome: Outcome) -> None:
         if outcome is Outcome.ABANDONED:
@@ -351,7 +362,27 @@ class GenerationRegistry:
         else:
             token_count = len(parts)
         delete_row = status is MessageStatus.INCOMPLETE and not text
-        won = await self._finalize_row(mid, status, text, token_count, terminal_seq, delete_row)
+        # What the provider reported; a reply that ended early had at least one output token
+        # per text delta received, whatever the provider had counted by then.
+        input_tokens = run.input_tokens
+        output_tokens = run.output_tokens or 0
+        if status is not MessageStatus.COMPLETE or run.output_tokens is None:
+            output_tokens = max(output_tokens, len(run.parts))
+        ledger = None
+        if self._usage is not None:
+            ledger = self._usage.record_statement(
+                run.user_id, input_tokens, output_tokens, 0 if delete_row else 1
+            )
+        won = await self._finalize_row(
+            mid,
+            status,
+            text,
+            token_count,
+            terminal_seq,
+            delete_row,
+            tokens=(input_tokens, output_tokens),
+            ledger=ledger,
+        )
         if won is None:
             entry = Entry(terminal_seq, "error", error_data(ErrorCode.DATABASE_UNAVAILABLE))
             await self._log.finish(mid, entry)
@@ -361,6 +392,9 @@ class GenerationRegistry:
             # Someone else (the reaper, a delete) ended it first and told the readers.
             self._metrics.reply_finished("abandoned")
             return
+        self._metrics.reply_tokens(
+            run.model or self._settings.ai_model, input_tokens, output_tokens
+        )
         if outcome in _ERROR_CODES:
             entry = Entry(terminal_seq, "error", error_data(_ERROR_CODES[outcome]))
         else:
@@ -389,9 +423,12 @@ class GenerationRegistry:
         token_count: int,
         terminal_seq: int,
         delete_row: bool,
+        tokens: tuple[int, int] = (0, 0),
+        ledger: Any = None,
     ) -> bool | None:
         """The end state, committed. True: this call ended it; False: it had ended already;
-        None: the database could not be reached."""
+        None: the database could not be reached. `ledger` (the user's usage) is added in the
+        same transaction, only by the call that ends the reply."""
         for attempt in range(_FINALIZE_ATTEMPTS):
             try:
                 async with transaction(self._sessions) as session:
@@ -406,11 +443,16 @@ class GenerationRegistry:
                                 status=status,
                                 content=text,
                                 token_count=token_count,
+                                input_tokens=tokens[0],
+                                output_tokens=tokens[1],
                                 event_seq=terminal_seq,
                                 heartbeat_at=None,
                             )
                         )
-                return bool(rowcount(result))
+                    won = bool(rowcount(result))
+                    if won and ledger is not None:
+                        await session.execute(ledger)
+                return won
             except Exception:  # noqa: BLE001 - retried, then reported to the readers
                 log.warning("saving reply %s failed (attempt %d)", mid, attempt + 1, exc_info=True)
                 await asyncio.sleep(0.2 * 2**attempt)
@@ -422,6 +464,11 @@ class GenerationRegistry:
             await asyncio.sleep(every)
             # Text and position are taken together: the saved content covers exactly `seq`.
             text, seq = "".join(run.parts), run.seq
+            # The tokens so far too: what the reaper charges if this process dies.
+            tokens = {
+                "input_tokens": run.input_tokens,
+                "output_tokens": max(run.output_tokens or 0, len(run.parts)),
+            }
             try:
                 async with transaction(self._sessions) as session:
                     result = await session.execute(
@@ -429,7 +476,7 @@ class GenerationRegistry:
                         .where(
                             Message.id == run.message_id, Message.status == MessageStatus.STREAMING
                         )
-                        .values(content=text, event_seq=seq, heartbeat_at=self._now())
+                        .values(content=text, event_seq=seq, heartbeat_at=self._now(), **tokens)
                     )
             except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
                 log.warning("heartbeat of reply %s failed", run.message_id, exc_info=True)
@@ -461,21 +508,25 @@ class GenerationRegistry:
         readers told GENERATION_LOST. Returns how many this call ended."""
         cutoff: Any
         stale = timedelta(seconds=6 * self._settings.generation_heartbeat_seconds)
-        query = select(Message).where(Message.status == MessageStatus.STREAMING)
+        query = (
+            select(Message, Conversation.user_id)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.status == MessageStatus.STREAMING)
+        )
         if stale_only:
             cutoff = (func.now() - stale) if self._pg else (utcnow() - stale)
             query = query.where(Message.heartbeat_at < cutoff)
         async with self._sessions() as session:
-            rows = list((await session.execute(query)).scalars())
+            rows = list((await session.execute(query)).tuples())
         reaped = 0
-        for row in rows:
+        for row, user_id in rows:
             if row.id in self._runs:
                 continue
-            if await self._reap_one(row):
+            if await self._reap_one(row, user_id):
                 reaped += 1
         return reaped
 
-    async def _reap_one(self, row: Message) -> bool:
+    async def _reap_one(self, row: Message, user_id: uuid.UUID) -> bool:
         try:
             state = await self._log.state(row.id)
         except LogUnavailableError:
@@ -484,6 +535,12 @@ class GenerationRegistry:
         if state is not None and state.finished:
             return False
         terminal_seq = last_seq + 1
+        # The tokens its last heartbeat saved: the most this process can know of them.
+        ledger = None
+        if self._usage is not None:
+            ledger = self._usage.record_statement(
+                user_id, row.input_tokens, row.output_tokens, 1 if row.content else 0
+            )
         won = await self._finalize_row(
             row.id,
             MessageStatus.INCOMPLETE,
@@ -491,11 +548,16 @@ class GenerationRegistry:
             max((row.event_seq or 1) - 1, 0),
             terminal_seq,
             delete_row=not row.content,
+            tokens=(row.input_tokens, row.output_tokens),
+            ledger=ledger,
         )
         if not won:
             return False
         log.warning("reaped reply %s (its process stopped)", row.id)
         self._metrics.reaped()
+        self._metrics.reply_tokens(
+            row.model or self._settings.ai_model, row.input_tokens, row.output_tokens
+        )
         with suppress(Exception):
             await self._log.mark_lost(
                 row.id, Entry(terminal_seq, "error", error_data(ErrorCode.GENERATION_LOST))

@@ -28,9 +28,11 @@ from alice.core.config import Settings
 from alice.core.errors import StreamUnavailableError, ValidationFailedError
 from alice.core.metrics import Metrics
 from alice.models import Message, MessageStatus
+from alice.services.budgets import Budgets
 from alice.services.chat import ChatService, message_response
 from alice.services.eventlog.base import EventLog, LogUnavailableError
 from alice.services.generation import GenerationRegistry
+from alice.services.slots import UNCOUNTED
 
 RETRY_MS = 1000
 STOP_WAIT_SECONDS = 5.0
@@ -83,12 +85,15 @@ class ReplyService:
         generations: GenerationRegistry,
         event_log: EventLog,
         metrics: Metrics,
+        budgets: Budgets | None = None,
     ) -> None:
         self._settings = settings
         self._chat = chat
         self._generations = generations
         self._log = event_log
         self._metrics = metrics
+        # The per-user budgets (SPEC 15), checked before anything is stored or streamed.
+        self._budgets = budgets
 
     # --- starting and re-attaching ------------------------------------------------------------
 
@@ -98,18 +103,27 @@ class ReplyService:
         content: str,
         conversation_id: uuid.UUID | None,
         last_event_id: str | None = None,
+        model: str | None = None,
     ) -> ReplyFeed | None:
         """Send a message and feed its reply from the start. With a `Last-Event-ID` naming one
         of the user's replies it is a re-attach instead: nothing is sent or stored (None: 204,
-        nothing follows)."""
+        nothing follows). `model`: one of ALICE_AI_MODELS, else the conversation's (422 for
+        any other); the user's budgets refuse (429) before anything is stored."""
         if last_event_id:
             field = "header.Last-Event-ID"
             cursor = parse_cursor(last_event_id, field)
             reply = await self._chat.find_reply(user_id, cursor.message_id)
             if reply is not None:
                 return await self._reattach(cursor, reply, field)
-        start = await self._chat.begin_reply(user_id, content, conversation_id)
-        await self._generations.start(start, user_id)
+        self._chat.check_model(model)
+        slot = await self._budgets.admit(user_id) if self._budgets else UNCOUNTED
+        try:
+            start = await self._chat.begin_reply(user_id, content, conversation_id, model)
+            await self._generations.start(start, user_id, slot=slot)
+        except BaseException:
+            # The reply did not start (a 404, a 409, a failure): its slot is not held.
+            await slot.release()
+            raise
         on_client_left = None
         if self._settings.generation_on_disconnect == "stop":
             on_client_left = self._generations.client_left

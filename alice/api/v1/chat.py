@@ -68,6 +68,8 @@ def _answer(feed: ReplyFeed | None) -> Response:
             ErrorCode.CONVERSATION_NOT_FOUND,
             ErrorCode.GENERATION_IN_PROGRESS,
             ErrorCode.STREAM_UNAVAILABLE,
+            ErrorCode.QUOTA_EXCEEDED,
+            ErrorCode.TOO_MANY_GENERATIONS,
             stream=True,
         ),
     },
@@ -80,7 +82,9 @@ async def send_message(
 ) -> Response:
     """Send a message and stream the reply. With `Last-Event-ID` naming one of the caller's
     replies it is a re-attach instead: nothing new is sent or stored."""
-    feed = await services.replies.send(user.id, body.content, body.conversation_id, last_event_id)
+    feed = await services.replies.send(
+        user.id, body.content, body.conversation_id, last_event_id, model=body.model
+    )
     return _answer(feed)
 
 

@@ -162,11 +162,11 @@ class AnthropicProvider(AIProvider):
         await self._client.close()
 
     async def stream(
-        self, system: str, messages: list[ChatTurn]
+        self, system: str, messages: list[ChatTurn], model: str | None = None
     ) -> AsyncGenerator[StreamEvent, None]:
         """Stream Claude's reply; see `AIProvider` for the contract."""
         params: dict[str, Any] = {
-            "model": self._model,
+            "model": model or self._model,
             "max_tokens": self._max_tokens,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
         }

@@ -49,8 +49,11 @@ class AIProvider(abc.ABC):
     name: str = "provider"
 
     @abc.abstractmethod
-    def stream(self, system: str, messages: list[ChatTurn]) -> AsyncGenerator[StreamEvent, None]:
-        """Stream the reply to `messages` (starting with a user turn) under `system`."""
+    def stream(
+        self, system: str, messages: list[ChatTurn], model: str | None = None
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Stream the reply to `messages` (starting with a user turn) under `system`, from
+        `model` (None: ALICE_AI_MODEL)."""
 
     async def aclose(self) -> None:  # noqa: B027 - a provider without resources has nothing to do
         """Release the provider's resources (its HTTP client)."""
