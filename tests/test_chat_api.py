@@ -61,7 +61,7 @@ async def test_conversation_walk_no_duplicate_no_gap_newest_first(app, client, u
     items = await walk(client, f"{CHAT}/conversations", user.headers, 7)
     expected = sorted(convs, key=lambda c: (c.updated_at, c.id), reverse=True)
     assert [i["id"] for i in items] == [str(c.id) for c in expected]
-    assert set(items[0]) == {"id", "title", "created_at", "updated_at"}
+    assert set(items[0]) == {"id", "title", "created_at", "updated_at", "model"}  # model: SPEC 15
 
 
 async def test_message_walk_with_equal_timestamps(app, client, user):
