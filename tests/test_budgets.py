@@ -293,3 +293,33 @@ async def test_the_reply_ledger_uses_one_row_a_day(settings, backend):
             ("2026-01-01", 2),
             ("2026-01-02", 1),
         ]
+
+
+async def test_a_message_right_after_done_is_not_refused_by_the_cap(settings):
+    """The slot is given back before the terminal event is sent: a client that sends its
+    next message as soon as it reads `done` is never refused by a slot not yet released."""
+    async with app_with(settings, user_max_running_replies=1) as (app, client):
+        # Slots given back slowly (as over a slow Redis): what matters is the order.
+        slots = app.state.services.slots
+        acquire = slots.acquire
+
+        async def slow_to_release(kind: str, key: str, limit: int) -> Any:
+            slot = await acquire(kind, key, limit)
+            if slot is None:
+                return None
+
+            class Slow:
+                async def release(self) -> None:
+                    await asyncio.sleep(0.3)
+                    await slot.release()
+
+            return Slow()
+
+        slots.acquire = slow_to_release
+        user = await new_user(app)
+        conv = None
+        for i in range(3):
+            stream = await send(client, user.access_token, f"m{i}", conv)
+            assert stream.status == 200, stream.body
+            assert stream.terminal.event == "done"
+            conv = stream.conversation_id

@@ -332,12 +332,18 @@ class GenerationRegistry:
             with suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(_aclose(stream))
         try:
+            # The provider request is closed: the reply costs nothing more. Its slot goes back
+            # before the terminal event is sent, so a client that sends its next message as
+            # soon as it reads `done` is not refused by a slot not yet released.
+            if run.slot is not None:
+                with suppress(Exception):
+                    await run.slot.release()
             await asyncio.shield(self._finish(run, outcome))
         finally:
             self._runs.pop(mid, None)
             run.done.set()
             if run.slot is not None:
-                await run.slot.release()
+                await run.slot.release()  # idempotent: here for a release that failed above
 
     async def _finish(self, run: Run, outcome: Outcome) -> None:
         if outcome is Outcome.ABANDONED:
