@@ -118,6 +118,9 @@ async function learnFeatures() {
     (p) => p.startsWith(`${CHAT}/conversations/`) && p.endsWith("/export"),
   );
   thread.features.search = has(`${CHAT}/search`);
+  thread.features.idempotency = JSON.stringify(paths[`${CHAT}/message`] || {}).includes(
+    "Idempotency-Key",
+  );
   features.models = has(`${CHAT}/models`);
   features.sessions = has(`${AUTH}/sessions`);
   features.password = has(`${AUTH}/password`);

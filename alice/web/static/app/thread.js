@@ -100,7 +100,12 @@ function tools(el, message) {
 }
 
 // What the server offers beyond SPEC 4-6, learned from /openapi.json at start.
-export const features = { branches: false, exportConversation: false, search: false };
+export const features = {
+  branches: false,
+  exportConversation: false,
+  search: false,
+  idempotency: false,
+};
 
 function list() {
   return $("message-list");
@@ -184,6 +189,7 @@ class Reply {
     this.over = false;
     this.frame = 0;
     this.abort = new AbortController();
+    this.origin = null; // the request that started it: {method, path, body, headers}
   }
 
   show() {
@@ -290,12 +296,25 @@ async function follow(reply, response) {
       if (signal.aborted) return;
       wait = Math.min(wait * 2, 5000);
       try {
+        if (!reply.conversationId && !(reply.origin && features.idempotency)) {
+          // Lost before the first event, and no way to ask again safely: say so.
+          notify("The connection was lost before the reply began. Reload to see it.");
+          reply.finish({ status: "incomplete", content: reply.text });
+          return;
+        }
         const headers = reply.lastEventId ? { "Last-Event-ID": reply.lastEventId } : {};
-        res = await fetchAuthed(
-          "GET",
-          `${CHAT}/conversations/${reply.conversationId}/stream`,
-          { headers, signal },
-        );
+        res = reply.conversationId
+          ? await fetchAuthed("GET", `${CHAT}/conversations/${reply.conversationId}/stream`, {
+              headers,
+              signal,
+            })
+          : // The same request with the same Idempotency-Key: the server re-attaches to the
+            // reply it started, or sends the message if the first request never reached it.
+            await fetchAuthed(reply.origin.method, reply.origin.path, {
+              json: reply.origin.body,
+              headers: reply.origin.headers,
+              signal,
+            });
         if (res.status === 204) {
           await settle(reply);
           return;
@@ -380,13 +399,11 @@ async function stream(theirs, added, method, path, body) {
   const reply = new Reply(theirs, state.id);
   state.reply = reply;
   composerBusy();
+  const headers = { Accept: "text/event-stream", "Idempotency-Key": crypto.randomUUID() };
+  reply.origin = { method, path, body, headers };
   let res;
   try {
-    res = await fetchAuthed(method, path, {
-      json: body,
-      headers: { Accept: "text/event-stream", "Idempotency-Key": crypto.randomUUID() },
-      signal: reply.abort.signal,
-    });
+    res = await fetchAuthed(method, path, { json: body, headers, signal: reply.abort.signal });
   } catch (err) {
     state.reply = null;
     composerIdle();
@@ -429,7 +446,7 @@ export async function stop() {
     const message = await request("POST", `${CHAT}/conversations/${reply.conversationId}/stop`, {
       json: lastIndex >= 0 ? { last_index: lastIndex } : {},
     });
-    if (message && message.id) {
+    if (message && message.id && message.status !== "streaming") {
       reply.abort.abort();
       reply.finish(message);
     }
