@@ -1,8 +1,10 @@
 """SPEC 16, the rest of what a person does on the page: search, export, long lists loaded in
-keyset pages as they scroll, and a reply that goes on while the browser is offline."""
+keyset pages as they scroll, a reply that goes on through a lost network, edit, regenerate and
+versions, and refusals shown in words."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -216,3 +218,41 @@ async def test_edit_regenerate_and_step_between_versions(
     assert await person.articles().first.locator(".body").inner_text() == "First question"
     assert "First question" in await person.last_reply_text()
     assert person.problems == []
+
+
+REFUSALS = [
+    (429, "RATE_LIMIT_EXCEEDED", {"Retry-After": "17"}, "Try again in 17 seconds."),
+    (429, "QUOTA_EXCEEDED", {"Retry-After": "7200"}, "renews in 2 h 0 min"),
+    (409, "GENERATION_IN_PROGRESS", {}, "A reply is still being written"),
+    (503, "AI_SERVICE_UNAVAILABLE", {}, "The AI service is not available right now"),
+]
+
+
+def _fulfil(status: int, body: str, headers: dict[str, str]) -> Any:
+    async def handler(route: Any) -> None:
+        await route.fulfill(status=status, body=body, headers=headers)
+
+    return handler
+
+
+async def test_refusals_are_shown_in_words(site: Site, new_context: Any, shots: Shots) -> None:
+    context = await new_context()
+    person = Person(await context.new_page())
+    page = person.page
+    await person.open()
+    await person.register(new_email())
+    for status, code, headers, words in REFUSALS:
+        body = json.dumps({"detail": "refused", "code": code})
+        await page.route(
+            "**/api/v1/chat/message",
+            _fulfil(status, body, {"Content-Type": "application/json", **headers}),
+        )
+        await person.send(f"This one is refused with {status}")
+        await page.get_by_role("status").filter(has_text=words).wait_for()
+        # Nothing was sent: the text is back in the message box for another try.
+        message = await page.get_by_label("Message").input_value()
+        assert message == f"This one is refused with {status}"
+        assert await person.articles().count() == 0
+        await shots.take(page, f"refused-{code.lower()}")
+        await page.unroute("**/api/v1/chat/message")
+    assert [p for p in person.problems if "status of" not in p] == []
