@@ -58,6 +58,12 @@ class Person:
         await self.page.get_by_role("button", name="Log in").click()
         await self.page.get_by_role("button", name="Log out").wait_for()
 
+    async def log_in_fails(self, email: str, password: str = PASSWORD) -> None:
+        await self.page.get_by_label("Email").fill(email)
+        await self.page.get_by_label("Password").fill(password)
+        await self.page.get_by_role("button", name="Log in").click()
+        await self.page.get_by_role("alert").filter(has_text="do not match").wait_for()
+
     def conversation(self) -> Any:
         return self.page.get_by_role("region", name="Conversation")
 

@@ -80,13 +80,14 @@ async function errorOf(res) {
   return new ApiError(res.status, body, wait === null ? null : Number(wait));
 }
 
+// POST to a token route; `body` null sends none (a refresh from the cookie).
 async function tokenRequest(path, body) {
-  const res = await fetch(AUTH + path, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", ...COOKIE },
-    body: JSON.stringify(body),
-    credentials: "same-origin",
-  });
+  const init = { method: "POST", headers: { ...COOKIE }, credentials: "same-origin" };
+  if (body !== null) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const res = await fetch(AUTH + path, init);
   if (!res.ok) throw await errorOf(res);
   adopt(await res.json());
 }
@@ -107,7 +108,7 @@ export function refresh(stale = null) {
     if (access && access.token !== stale && !expiring()) return;
     const fallback = localStorage.getItem(FALLBACK_KEY);
     try {
-      await tokenRequest("/refresh", fallback ? { refresh_token: fallback } : {});
+      await tokenRequest("/refresh", fallback ? { refresh_token: fallback } : null);
     } catch (err) {
       if (err.status === 401 || err.status === 403 || err.status === 422) {
         // Another tab may have rotated the token between our lock and our request.

@@ -502,6 +502,12 @@ $("account-dialog").addEventListener("close", () => {
   if (!$("chat-view").hidden) $("account").focus();
 });
 
+// A line in the account dialog's live region (if the dialog is still open).
+function accountSay(text) {
+  const status = $("account-status");
+  if (status) status.textContent = text;
+}
+
 async function openAccount() {
   const dialog = $("account-dialog");
   dialog.replaceChildren($("account-template").content.cloneNode(true));
@@ -514,9 +520,10 @@ async function openAccount() {
   dialog.showModal();
   try {
     const me = await request("GET", `${AUTH}/me`);
-    $("account-email").textContent = `${me.display_name} <${me.email}>`;
+    const who = $("account-email");
+    if (who) who.textContent = `${me.display_name} <${me.email}>`;
   } catch (err) {
-    $("account-status").textContent = api.describe(err);
+    accountSay(api.describe(err));
   }
   if (features.sessions) loadSessions();
 }
@@ -524,9 +531,9 @@ async function openAccount() {
 async function loadSessions() {
   try {
     const page = await request("GET", `${AUTH}/sessions`);
-    $("sessions").replaceChildren(...page.items.map(sessionItem));
+    $("sessions")?.replaceChildren(...page.items.map(sessionItem));
   } catch (err) {
-    $("account-status").textContent = api.describe(err);
+    accountSay(api.describe(err));
   }
 }
 
@@ -540,7 +547,7 @@ function sessionItem(s) {
     h("button", {
       type: "button",
       text: s.current ? "End this session" : "End session",
-      "aria-label": `End session: ${what}`,
+      "aria-label": s.current ? "End this session (this browser)" : `End session: ${what}`,
       onclick: async () => {
         try {
           await request("DELETE", `${AUTH}/sessions/${s.id}`);
@@ -548,10 +555,10 @@ function sessionItem(s) {
             api.forget();
             return;
           }
-          $("account-status").textContent = "Session ended.";
+          accountSay("Session ended.");
           loadSessions();
         } catch (err) {
-          $("account-status").textContent = api.describe(err);
+          accountSay(api.describe(err));
         }
       },
     }),
@@ -571,11 +578,10 @@ async function changePassword(event) {
     await api.adoptTokens(body);
     $("current-password").value = "";
     $("new-password").value = "";
-    $("account-status").textContent =
-      "Password changed. Every other session has been logged out.";
+    accountSay("Password changed. Every other session has been logged out.");
     if (features.sessions) loadSessions();
   } catch (err) {
-    $("account-status").textContent = api.describe(err);
+    accountSay(api.describe(err));
   }
 }
 
@@ -588,7 +594,7 @@ async function deleteAccount(event) {
     api.forget();
     notify("Your account has been deleted.");
   } catch (err) {
-    $("account-status").textContent = api.describe(err);
+    accountSay(api.describe(err));
   }
 }
 
