@@ -105,6 +105,27 @@ async def test_a_session_as_a_person_would(
     assert not shown.endswith("...")
     await shots.take(page, "stopped")
 
+    # Regenerate, and step back to the first version (SPEC 14, where the server has it).
+    if await page.get_by_role("button", name="Regenerate").count():
+        await page.get_by_role("button", name="Regenerate").last.click()
+        await person.replies().last.get_by_text("2 / 2").wait_for()
+        await shots.take(page, "regenerated")
+        await person.replies().last.get_by_role("button", name="Previous version").click()
+        await person.replies().last.get_by_text("1 / 2").wait_for()
+        assert await person.last_reply_text() == shown
+
+    # Search.
+    if size == "phone":
+        await page.get_by_role("button", name="Show conversations").click()
+    await page.get_by_label("Search").fill("word7")
+    matches = page.get_by_role("list", name="Matches").get_by_role("link")
+    await matches.first.wait_for()
+    await shots.take(page, "search")
+    await check_axe(person, "search")
+    await page.get_by_role("button", name="Clear search").click()
+    if size == "phone":
+        await page.get_by_role("button", name="Hide conversations").click()
+
     # Rename.
     if size == "phone":
         await page.get_by_role("button", name="Show conversations").click()

@@ -104,8 +104,10 @@ async def _seed(site: Site, email: str, conversations: int, messages: int) -> st
                 content=f"Line {i:03d}",
                 created_at=start + timedelta(seconds=i),
             )
-            if hasattr(Message, "parent_id"):
+            if hasattr(Message, "parent_id"):  # SPEC 14: one straight active branch
                 m.parent_id = parent
+                m.depth = m.active_depth = i
+                m.sibling_index = 0
             session.add(m)
             await session.flush()
             parent = m.id
