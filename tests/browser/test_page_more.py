@@ -5,10 +5,12 @@ versions, and refusals shown in words."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from playwright.async_api import expect
 
 from tests.browser.conftest import CuttableLink, Shots, Site, axe_violations
 from tests.browser.pagekit import Person, new_email
@@ -258,3 +260,42 @@ async def test_refusals_are_shown_in_words(site: Site, new_context: Any, shots: 
         await shots.take(page, f"refused-{code.lower()}")
         await page.unroute("**/api/v1/chat/message")
     assert [p for p in person.problems if "status of" not in p] == []
+
+
+class TestModels:
+    @pytest.fixture
+    def site_settings(self) -> dict[str, Any]:
+        return {"mock_token_delay_ms": 0, "ai_models": "model-a,model-b"}
+
+    async def test_a_new_conversation_takes_the_chosen_model(
+        self, site: Site, new_context: Any, shots: Shots
+    ) -> None:
+        if not _has_route(site, "/chat/models"):
+            pytest.skip("models (SPEC 15) are not on this server yet")
+        context = await new_context()
+        person = Person(await context.new_page())
+        page = person.page
+        await person.open()
+        await person.register(new_email())
+        model = page.get_by_label("Model")
+        await expect(model).to_have_value("model-a")  # the default comes first
+        await model.select_option("model-b")
+        await person.send("Which model?")
+        await person.wait_reply_done()
+        conversation = page.url.split("#c=", 1)[1]
+        from sqlalchemy import select
+
+        from alice.models import Conversation
+
+        async with site.services.sessions() as session:
+            kept = await session.scalar(
+                select(Conversation.model).where(Conversation.id == uuid.UUID(conversation))
+            )
+        assert kept == "model-b"
+        # The conversation keeps its model: the choice shows it and cannot change it.
+        await expect(model).to_be_disabled()
+        await expect(model).to_have_value("model-b")
+        await page.get_by_role("button", name="New conversation").click()
+        await expect(model).to_be_enabled()
+        await shots.take(page, "models")
+        assert person.problems == []
