@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     TOO_MANY_GENERATIONS = "TOO_MANY_GENERATIONS"
+    SERVER_BUSY = "SERVER_BUSY"
 
 
 STATUS: dict[ErrorCode, int] = {
@@ -49,6 +50,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.TOO_MANY_GENERATIONS: 429,
+    ErrorCode.SERVER_BUSY: 503,
 }
 
 DEFAULT_DETAIL: dict[ErrorCode, str] = {
@@ -73,6 +75,7 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
     ErrorCode.INTERNAL_ERROR: "Internal server error.",
     ErrorCode.QUOTA_EXCEEDED: "Your daily token budget is spent; it renews at midnight UTC.",
     ErrorCode.TOO_MANY_GENERATIONS: "You already have as many replies running as allowed.",
+    ErrorCode.SERVER_BUSY: "The server is busy; try again in a moment.",
 }
 
 
@@ -92,6 +95,7 @@ RETRY_AFTER_CODES: frozenset[ErrorCode] = frozenset(
         ErrorCode.DATABASE_UNAVAILABLE,
         ErrorCode.QUOTA_EXCEEDED,
         ErrorCode.TOO_MANY_GENERATIONS,
+        ErrorCode.SERVER_BUSY,
     }
 )
 
@@ -169,6 +173,13 @@ class QuotaExceededError(AliceError):
 
 class TooManyGenerationsError(AliceError):
     code = ErrorCode.TOO_MANY_GENERATIONS
+
+
+class ServerBusyError(AliceError):
+    """Past a capacity bound of this process (its turn at password hashing did not come in
+    time, or it holds ALICE_MAX_CONNECTIONS connections): 503 with `Retry-After`."""
+
+    code = ErrorCode.SERVER_BUSY
 
 
 def error_body(code: ErrorCode, detail: str | None = None) -> dict[str, Any]:

@@ -10,17 +10,18 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from alice.core.config import Settings
-from alice.core.errors import InvalidTokenError
+from alice.core.errors import InvalidTokenError, ServerBusyError
 
 ALGORITHM = "HS256"
 ISSUER = "alice"
@@ -31,11 +32,18 @@ REFRESH_TYP = "rt+jwt"
 _REQUIRED = ["exp", "iat", "sub", "jti", "iss", "aud", "type"]
 _VERIFIED_CACHE_SIZE = 10_000
 _HASH_THREAD_NICE = 10
+_R = TypeVar("_R")
 
 
 class PasswordHashing:
-    """Argon2id hashing run in worker threads, at most `max_concurrent` at once (each
-    costs `memory_kib` of RAM), with a dummy hash so unknown users cost a real verify."""
+    """Argon2id hashing run in worker threads, at most `argon2_max_concurrent` at once, with a
+    dummy hash so unknown users cost a real verify.
+
+    Each hash holds `argon2_memory_kib` (64 MiB) while it runs, so the number at once is the
+    memory bound: 4 x 64 MiB = 256 MiB per process at the production cost. A request waits for
+    its turn at most `argon2_max_wait_seconds` (5 s), then is refused with 503 SERVER_BUSY
+    rather than queued without end: a burst of logins from many addresses (each address has
+    its own 5/min) cannot pile up hashes, memory or minutes of latency."""
 
     def __init__(self, settings: Settings) -> None:
         self._hasher = PasswordHasher(
@@ -50,18 +58,36 @@ class PasswordHashing:
             thread_name_prefix="alice-argon2",
             initializer=_lower_thread_priority,
         )
+        # A turn is a free thread: taken before a hash is handed to the pool, given back when
+        # the hash has ended in its thread (not when its request gave up waiting for it).
+        self._turns = asyncio.Semaphore(settings.argon2_max_concurrent)
+        self._max_wait = settings.argon2_max_wait_seconds
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
     async def hash(self, password: str) -> str:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._hasher.hash, password)
+        """The PHC string of `password` (503 SERVER_BUSY when no turn comes in time)."""
+        return await self._in_turn(self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """True when the password matches; with no hash, verifies against the dummy and fails."""
         target = password_hash or self._dummy_hash
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(self._pool, self._verify, target, password)
+        ok = await self._in_turn(self._verify, target, password)
         return ok and password_hash is not None
+
+    async def _in_turn(self, fn: Callable[..., _R], *args: Any) -> _R:
+        try:
+            async with asyncio.timeout(self._max_wait):
+                await self._turns.acquire()
+        except TimeoutError:
+            raise ServerBusyError(headers={"Retry-After": "1"}) from None
+        loop = asyncio.get_running_loop()
+        try:
+            job = self._pool.submit(fn, *args)
+        except BaseException:
+            self._turns.release()
+            raise
+        job.add_done_callback(lambda _: _call_soon(loop, self._turns.release))
+        return await asyncio.wrap_future(job)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -181,6 +207,11 @@ class TokenCodec:
         if decoded["header"].get("typ") != typ or claims.get("type") != kind:
             raise InvalidTokenError()
         return claims
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], object]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+        loop.call_soon_threadsafe(fn)
 
 
 def _lower_thread_priority() -> None:

@@ -39,7 +39,9 @@ def _tokens(pair: TokenPair, response: Response) -> TokenResponse:
     status_code=status.HTTP_201_CREATED,
     response_model=TokenResponse,
     dependencies=[rate_limit("register", "5/minute")],
-    responses=responses(ErrorCode.EMAIL_ALREADY_EXISTS, ErrorCode.DATABASE_UNAVAILABLE),
+    responses=responses(
+        ErrorCode.EMAIL_ALREADY_EXISTS, ErrorCode.DATABASE_UNAVAILABLE, ErrorCode.SERVER_BUSY
+    ),
 )
 async def register(body: UserCreate, services: ServicesDep, response: Response) -> TokenResponse:
     """Create an account and log it in."""
@@ -55,6 +57,7 @@ async def register(body: UserCreate, services: ServicesDep, response: Response) 
         ErrorCode.AUTHENTICATION_FAILED,
         ErrorCode.ACCOUNT_DISABLED,
         ErrorCode.DATABASE_UNAVAILABLE,
+        ErrorCode.SERVER_BUSY,
     ),
 )
 async def login(body: LoginRequest, services: ServicesDep, response: Response) -> TokenResponse:
