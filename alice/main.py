@@ -9,7 +9,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -17,6 +17,7 @@ from sse_starlette.sse import AppStatus
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from alice.api import errors, openapi, ops, pages
+from alice.api.deps import MetricsToken
 from alice.api.v1 import ai_models, auth, chat, export, search, usage
 from alice.core.config import Settings, get_settings
 from alice.core.database import Direct, create_engine, create_session_factory
@@ -167,9 +168,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.extend(router.routes)
     app.mount("/static", pages.static_files, name="static")
 
-    @app.get("/metrics", tags=["operations"], name="metrics", response_class=PlainTextResponse)
+    metrics_guard = []
+    if settings.metrics_token is not None:
+        metrics_guard = [Depends(MetricsToken(settings.metrics_token.get_secret_value()))]
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        name="metrics",
+        response_class=PlainTextResponse,
+        dependencies=metrics_guard,
+    )
     async def metrics_endpoint() -> PlainTextResponse:
-        """Prometheus text format."""
+        """Prometheus text format (with ALICE_METRICS_TOKEN set: only for that bearer token)."""
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     if settings.cors_origin_list:

@@ -6,6 +6,7 @@ against the route's own per-user limit. The services come from the request itsel
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,8 +16,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 from limits import RateLimitItem
 
-from alice.core.errors import ErrorCode, RateLimitExceededError, UnauthorizedError
-from alice.core.ratelimit import RateLimiter
+from alice.core.errors import AliceError, ErrorCode, RateLimitExceededError, UnauthorizedError
+from alice.core.ratelimit import RateLimiter, limit_key
 from alice.services.auth import CurrentUser
 from alice.services.container import Services
 from alice.services.slots import UNCOUNTED, Slot, SlotsUnavailableError
@@ -57,11 +58,16 @@ class _AuthenticatedUser(HTTPBearer):
         return await self._user(request)
 
     async def _user(self, request: Request) -> CurrentUser:
-        credentials = await super().__call__(request)
-        if credentials is None or not credentials.credentials:
-            raise UnauthorizedError(headers={"WWW-Authenticate": "Bearer"})
         services: Services = request.app.state.services
-        user = await services.auth.authenticate(credentials.credentials)
+        credentials = await super().__call__(request)
+        try:
+            if credentials is None or not credentials.credentials:
+                raise UnauthorizedError(headers={"WWW-Authenticate": "Bearer"})
+            user = await services.auth.authenticate(credentials.credentials)
+        except AliceError as exc:
+            if exc.status_code == 401:
+                await count_unauthorized(request, services)
+            raise
         request.state.user_id = user.id
         if services.limiter.enabled:
             await _count(request, services, self._item, self._name, str(user.id))
@@ -126,6 +132,7 @@ async def _take_stream_slot(services: Services, user_id: str) -> Slot:
 
 
 def client_ip(request: Request) -> str:
+    """The client's full address (what a session records). Limits key it with `limit_key`."""
     # X-Forwarded-For is applied (for trusted proxies only) by the proxy-headers middleware,
     # which rewrites the peer address; app code never parses the header itself.
     return request.client.host if request.client else "unknown"
@@ -140,13 +147,43 @@ class _ByClientIP:
 
     async def __call__(self, request: Request) -> None:
         services = request.app.state.services
-        await _count(request, services, self._item, self._name, client_ip(request))
+        key = limit_key(client_ip(request))
+        await _count(request, services, self._item, self._name, key)
 
 
 def rate_limit(name: str, limit: str) -> Any:
     """A dependency counting each request against `limit` for its client IP (routes without
     a user; those with one count in `authenticated`)."""
     return Depends(_ByClientIP(name, limit))
+
+
+# Requests refused with 401 on a protected route, per client IP (SPEC section 9): token
+# guessing, and the log lines it makes, are bounded. Past the limit the refusal is a 429.
+UNAUTHORIZED_LIMIT = RateLimiter.parse("60/minute")
+
+
+async def count_unauthorized(request: Request, services: Services) -> None:
+    """Count a 401 about to be answered; raise 429 instead once the address is past 60/min."""
+    if services.limiter.enabled:
+        key = limit_key(client_ip(request))
+        await _count(request, services, UNAUTHORIZED_LIMIT, "unauthorized", key)
+
+
+class MetricsToken:
+    """With ALICE_METRICS_TOKEN set, `/metrics` needs `Authorization: Bearer <that token>`
+    (compared in constant time); else 401, counted with the other 401s of its address."""
+
+    openapi_codes = (ErrorCode.UNAUTHORIZED, ErrorCode.RATE_LIMIT_EXCEEDED)
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def __call__(self, request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token):
+            return
+        await count_unauthorized(request, request.app.state.services)
+        raise UnauthorizedError(headers={"WWW-Authenticate": "Bearer"})
 
 
 async def _count(

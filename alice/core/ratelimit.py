@@ -3,10 +3,12 @@ default, shared through Redis when ALICE_REDIS_URL is set, failing open when Red
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -22,6 +24,25 @@ _WARN_EVERY_SECONDS = 10.0
 # once) before one request tries it again: a Redis that swallows packets costs one request
 # a timeout per interval, not every request.
 RETRY_STORAGE_AFTER_SECONDS = 1.0
+
+
+@lru_cache(maxsize=4096)
+def limit_key(address: str) -> str:
+    """A client address as every limit keys it (SPEC section 9): an IPv4-mapped IPv6 address
+    counts as its IPv4 address (`::ffff:10.6.6.6` and `::ffff:a06:606` are `10.6.6.6`), an
+    IPv6 address as its /64 (one subscriber's network: a client that owns a /64 cannot get
+    a fresh bucket per address), any other spelling of an address in its canonical form.
+    What is not an address at all (a test client's name) is kept as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        network = ipaddress.IPv6Network((int(ip) >> 64 << 64, 64))
+        return str(network)
+    return str(ip)
 
 
 @dataclass(frozen=True, slots=True)
