@@ -9,10 +9,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from alice.core.config import get_settings
+from pydantic import ValidationError
+
+from alice.core.config import describe_config_error, get_settings
 from alice.core.logging import configure_logging, logging_config
 from alice.core.metrics import MULTIPROC_ENV
-from alice.core.middleware import http_protocol
+from alice.core.protocol import http_protocol
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         settings = get_settings()
-    except ValueError as exc:
-        parser.exit(2, f"alice: configuration error: {exc}\n")
+    except ValidationError as exc:
+        parser.exit(2, f"alice: configuration error:\n{describe_config_error(exc)}\n")
     configure_logging(settings.log_format)
     from alice.core.migrate import upgrade
 
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
             log_config=logging_config(settings.log_format),
             # httptools, with the request head (line and headers) bounded before the app.
             http=http_protocol(),
+            # No `server: uvicorn` on responses (SPEC 8: none names the server software).
+            server_header=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 10,
         )
     finally:

@@ -170,7 +170,7 @@ app = Starlette(
 def _alice_http() -> object:
     """The HTTP protocol `alice serve` gives uvicorn (its `http=`), when it names one."""
     try:
-        from alice.core.middleware import http_protocol
+        from alice.core.protocol import http_protocol
     except ImportError:
         return "auto"
     return http_protocol()

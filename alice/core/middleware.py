@@ -1,11 +1,10 @@
 """The edge of every request, as one pure ASGI middleware (no per-request task or copy):
-request id, header- and body-size limits, rate-limit headers, the access log and the
-last-resort 500. And, for `alice serve`, the HTTP protocol that bounds a request's head
-before the app sees it."""
+request id, header- and body-size limits, rate-limit and security headers, the access log and
+the last-resort 500. (What `alice serve` bounds before the app sees a request, its HTTP
+protocol, is in `alice.core.protocol`.)"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -14,7 +13,6 @@ import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # uvicorn[standard]
 
 from alice.core.errors import ErrorCode, error_body
 from alice.core.logging import request_id_var, user_id_var
@@ -59,6 +57,7 @@ class EdgeMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                _add_security_headers(headers)
                 for name, value in (state.get("ratelimit_headers") or {}).items():
                     headers.append((name.lower().encode(), value.encode()))
                 message = {**message, "headers": headers}
@@ -122,6 +121,31 @@ class EdgeMiddleware:
             user_id_var.reset(user_token)
 
 
+# SPEC section 8. Every response: no MIME sniffing, no referrer, never framed. An API response
+# (JSON, a stream, an error, a static asset) gets a policy that allows nothing; an HTML
+# document sets its own policy (the pages that need scripts allow exactly theirs) and is left
+# with it; an HTML document without one is still never framed.
+_SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+API_CSP = b"default-src 'none'; frame-ancestors 'none'"
+_HTML_FALLBACK_CSP = b"frame-ancestors 'none'"
+
+
+def _add_security_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    html = has_policy = False
+    for name, value in headers:
+        if name == b"content-security-policy":
+            has_policy = True
+        elif name == b"content-type" and value[:9].lower() == b"text/html":
+            html = True
+    headers.extend(_SECURITY_HEADERS)
+    if not has_policy:
+        headers.append((b"content-security-policy", _HTML_FALLBACK_CSP if html else API_CSP))
+
+
 class _Head:
     """What the edge needs of a request's head, in one pass over its headers: the request id
     (the client's when sane, else a new one), the head's size, and Content-Length."""
@@ -164,67 +188,3 @@ async def _send_error(send: Send, status: int, code: ErrorCode, detail: str | No
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-# --- the HTTP protocol of `alice serve` ------------------------------------------------------
-
-_LINGER_SECONDS = 2.0
-
-
-def _headers_too_large_response() -> bytes:
-    body = json.dumps(error_body(ErrorCode.PAYLOAD_TOO_LARGE, HEADERS_TOO_LARGE_DETAIL)).encode()
-    return (
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-        b"content-type: application/json\r\n"
-        b"content-length: " + str(len(body)).encode() + b"\r\n"
-        b"connection: close\r\n\r\n" + body
-    )
-
-
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bound on the request head.
-
-    httptools keeps however many bytes a request line or a header has until it ends: one
-    header of a gigabyte would be held whole. This answers 431 and closes the connection
-    once more than MAX_HEADER_BYTES (plus a little for the request line and line ends)
-    arrived without the end of the head; the exact limit is the middleware's, on what
-    the head holds."""
-
-    _head_bytes = 0
-    _in_head = True
-    _refused = False
-
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._head_bytes = 0
-        super().on_message_begin()
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        super().on_headers_complete()
-
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # the rest of what the client sends is read and dropped
-        super().data_received(data)
-        if not self._in_head or self.transport.is_closing():
-            return
-        self._head_bytes += len(data)
-        if self._head_bytes > MAX_HEADER_BYTES + 1024:
-            self._refuse()
-
-    def _refuse(self) -> None:
-        # A lingering close, as nginx does: answer, end our side, and go on reading (and
-        # dropping) for a moment, so that the client, still sending, gets the answer
-        # rather than a reset that discards it.
-        self._refused = True
-        self._in_head = False
-        self.transport.write(_headers_too_large_response())
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        asyncio.get_running_loop().call_later(_LINGER_SECONDS, self.transport.close)
-
-
-def http_protocol() -> type[BoundedHttpToolsProtocol]:
-    """The HTTP protocol of `alice serve` (uvicorn's `http=`)."""
-    return BoundedHttpToolsProtocol
