@@ -8,15 +8,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from alice.core.files import private_dir
 
 MIN_SECRET_BYTES = 32
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="ALICE_", env_file=".env", extra="ignore", populate_by_name=True
+        env_prefix="ALICE_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        # A configuration error names the setting and the rule, never a value: pydantic's
+        # message would carry `input_value=` (for the production check, every setting, the
+        # secret key and ANTHROPIC_API_KEY among them).
+        hide_input_in_errors=True,
     )
 
     env: Literal["development", "production", "test"] = "development"
@@ -137,7 +146,7 @@ def _development_key(data_dir: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir, tighten=True)
     key = secrets.token_hex(32)
     # Written aside, then linked into place: when several workers start at once, the first
     # link wins and the others read a complete key, never a half-written file.
@@ -152,6 +161,28 @@ def _development_key(data_dir: Path) -> str:
     finally:
         tmp.unlink()
     return key
+
+
+def describe_config_error(exc: ValidationError) -> str:
+    """One line per broken setting, by its variable's name, with the rule it breaks; never a
+    value (`alice serve` prints this and exits)."""
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        loc = [str(part) for part in err.get("loc", ())]
+        if loc:
+            lines.append(f"  {_variable(loc[0])}: {message}")
+        else:
+            lines.append(f"  {message}")
+    return "\n".join(lines)
+
+
+def _variable(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"ALICE_{field.upper()}"
 
 
 @lru_cache

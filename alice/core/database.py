@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import StaticPool
 
 from alice.core.config import Settings
+from alice.core.files import private_sqlite
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 CONNECT_TIMEOUT_SECONDS = 2
@@ -43,7 +44,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite(Path(url.database), settings.data_dir)
             # A fixed set of connections (each is a thread): overflow ones opened and closed
             # under load cost a thread and the pragmas each time. (An in-memory database is
             # one connection, SQLAlchemy's StaticPool.)
