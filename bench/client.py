@@ -589,6 +589,10 @@ async def stall(job: dict[str, Any]) -> dict[str, Any]:
         finally:
             c.close()
 
+    pid = job.get("server_pid")
+    rss_before = rss_kib(pid) if pid else None
+    sampler = Sampler(pid)
+    sampler.start()
     tasks = [asyncio.create_task(login()) for _ in range(job["logins"])]
     busy: list[float] = []
     started = clock()
@@ -600,9 +604,13 @@ async def stall(job: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(pace)
     burst = clock() - started
     results = await asyncio.gather(*tasks, return_exceptions=True)
+    await sampler.stop()
     conn.close()
     errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
     return {
+        "rss_before_kib": rss_before,
+        "rss_peak_kib": max(sampler.peak, rss_before or 0) or None,
+        "rss_samples": sampler.samples,
         "idle": _summary(idle),
         "busy": _summary(busy),
         "burst_seconds": burst,

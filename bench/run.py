@@ -793,6 +793,7 @@ def figure_stall(env: Env, plan: Plan, user: User) -> list[Figure]:
         "email": user.email,
         "password": PASSWORD,
         "logins": plan.logins,
+        "server_pid": env.alice.pid,
         "idle_seconds": 2,
         "pace_ms": 2,
         "max_seconds": 120,
@@ -813,8 +814,31 @@ def figure_stall(env: Env, plan: Plan, user: User) -> list[Figure]:
             target="<= 20 ms",
             met=None if busy_p99 is None else (busy_p99 <= 20 and ok),
             detail=r,
-        )
+        ),
+        _login_memory_figure(plan, r),
     ]
+
+
+# Argon2id at the production cost holds 64 MiB per hash, at most 4 at once per process
+# (ALICE_ARGON2_MAX_CONCURRENT); the rest is threads and allocator slack.
+LOGIN_MEMORY_BOUND_MIB = 4 * 64 + 64
+
+
+def _login_memory_figure(plan: Plan, r: dict[str, Any]) -> Figure:
+    before, peak = r.get("rss_before_kib"), r.get("rss_peak_kib")
+    growth = None if before is None or peak is None else (peak - before) / 1024
+    return Figure(
+        key="login_burst_memory",
+        name=f"peak memory growth during {plan.logins} logins (Argon2id 64 MiB, 4 at once)",
+        unit="MiB",
+        value=growth,
+        baseline=None if before is None else before / 1024,
+        baseline_label="server RSS before the burst",
+        ratio=None,
+        target=f"<= {LOGIN_MEMORY_BOUND_MIB} MiB",
+        met=None if growth is None else growth <= LOGIN_MEMORY_BOUND_MIB,
+        detail={"rss_samples": r.get("rss_samples")},
+    )
 
 
 def _stream_job(env: Env, target: str, n: int, plan: Plan, users: list[User]) -> dict[str, Any]:
