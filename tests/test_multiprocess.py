@@ -482,3 +482,30 @@ async def test_twenty_simultaneous_refreshes_over_both_processes_one_wins(cluste
     statuses = sorted(r.status_code for r in results)
     assert statuses == [200] + [401] * 19, statuses
     assert all(r.json()["code"] == "INVALID_TOKEN" for r in results if r.status_code == 401)
+
+
+async def test_open_streams_of_one_user_are_capped_over_both_processes(cluster):
+    """ALICE_USER_MAX_STREAMS (20) counts a user's open streams on A and B together: with 20
+    open over both, the next on either is a 429 (`Retry-After: 1`)."""
+    async with client(cluster.a) as a, client(cluster.b) as b:
+        token = (await register(a))["access_token"]
+        first = background_send(a, token, "[[tokens:150]] [[delay:50]]")
+        await eventually(lambda: first[0].events, timeout=10)
+        cid = first[0].conversation_id
+        streams = [first]
+        for i in range(19):
+            through = b if i % 2 == 0 else a
+            streams.append(
+                background_stream(
+                    through, "GET", f"{CHAT}/conversations/{cid}/stream", headers=auth(token)
+                )
+            )
+        await eventually(lambda: all(s.status for s, _ in streams), timeout=30)
+        assert [s.status for s, _ in streams] == [200] * 20
+        for through in (a, b):
+            refused = await through.get(f"{CHAT}/conversations/{cid}/stream", headers=auth(token))
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"] == "1"
+        stopped = await b.post(f"{CHAT}/conversations/{cid}/stop", headers=auth(token))
+        assert stopped.status_code in (200, 202)
+        await asyncio.wait_for(asyncio.gather(*(t for _, t in streams)), 30)
