@@ -27,12 +27,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def readme_session() -> str:
+def readme_session(name: str = "session", language: str = "sh") -> str:
     text = (ROOT / "README.md").read_text()
     block = re.search(
-        r"<!-- session:start -->\s*```sh\n(.*?)```\s*<!-- session:end -->", text, re.S
+        rf"<!-- {name}:start -->\s*```{language}\n(.*?)```\s*<!-- {name}:end -->", text, re.S
     )
-    assert block, "README lost its curl session block"
+    assert block, f"README lost its {name} block"
     return block.group(1)
 
 
@@ -68,26 +68,39 @@ def start_server(tmp_path: Path, port: int, **env: str) -> subprocess.Popen:
     raise AssertionError(f"alice serve did not start:\n{proc.stdout.read().decode()}")
 
 
-def test_readme_curl_session_works_verbatim(tmp_path):
+def test_readme_curl_session_works_verbatim_twice_in_a_row(tmp_path):
     port = free_port()
     proc = start_server(tmp_path, port)
     try:
         script = readme_session().replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        runs = [
+            subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", script],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            for _ in range(2)
+        ]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    emails = set()
+    for done in runs:
+        _check_session(done, tmp_path)
+        emails.add(json.loads(done.stdout.splitlines()[0])["email"])
+    assert len(emails) == 2  # a new account each run
+    # The development secret was made once, private to its owner.
+    assert oct((tmp_path / "data" / "secret.key").stat().st_mode & 0o777) == "0o600"
+
+
+def _check_session(done: subprocess.CompletedProcess[str], tmp_path: Path) -> None:
     out = done.stdout
     assert done.returncode == 0, done.stderr + out
     lines = out.splitlines()
     me = json.loads(lines[0])
-    assert me["email"] == "ada@example.com" and me["display_name"] == "Ada"
+    assert re.fullmatch(r"ada-\d+-\d+@example\.com", me["email"]) and me["display_name"] == "Ada"
     stream = (tmp_path / "reply.txt").read_text()
     assert stream.startswith("retry: 1000\nid: ")
     assert "event: conversation" in stream and "event: token" in stream
@@ -97,5 +110,32 @@ def test_readme_curl_session_works_verbatim(tmp_path):
     assert page["items"][1]["status"] == "complete"
     assert lines[-3:-1] == ["204", "204"]
     assert json.loads(lines[-1])["code"] == "INVALID_TOKEN"
-    # The development secret was made once, private to its owner.
-    assert oct((tmp_path / "data" / "secret.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_readme_client_session_works_verbatim_twice_in_a_row(tmp_path):
+    port = free_port()
+    proc = start_server(tmp_path, port)
+    try:
+        script = readme_session("client-session", "python").replace(
+            "http://127.0.0.1:8000", f"http://127.0.0.1:{port}"
+        )
+        runs = [
+            subprocess.run(
+                [sys.executable, "-c", script],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            for _ in range(2)
+        ]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    for done in runs:
+        assert done.returncode == 0, done.stderr + done.stdout
+        lines = done.stdout.splitlines()
+        assert lines[0] == "Ada"
+        assert lines[1].startswith("Hello! I am ALICE") and lines[2].startswith("[complete, ")
+        assert lines[3] == "user: Hello ALICE!"
+        assert lines[4] == f"assistant: {lines[1]}"
