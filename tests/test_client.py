@@ -161,7 +161,6 @@ async def test_send_resumes_after_a_cut_mid_reply_and_text_is_stored_exactly_onc
     assert events[-1].data.last_index == len([e for e in events if e.event == "token"]) - 1
 
 
-@pytest.mark.xfail(strict=True, reason="the server does not take Idempotency-Key yet")
 async def test_a_retry_before_the_first_event_sends_the_message_once(alice, proxy):
     # The server has taken the message when its answer starts; the answer never arrives.
     proxy.cut = once(lambda seen: b"text/event-stream" in seen)

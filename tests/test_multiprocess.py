@@ -327,6 +327,31 @@ async def test_conversation_written_through_a_is_read_through_b(cluster):
         assert resp.json()["items"][0]["title"] == "B"
 
 
+async def test_one_idempotency_key_at_once_on_two_processes_stores_one_message(cluster):
+    """SPEC 6: two requests with one key, at once, on two processes: one message is sent,
+    and both answers are that reply's events from its start."""
+    async with client(cluster.a) as a, client(cluster.b) as b:
+        token = (await register(a))["access_token"]
+        for round_ in range(5):
+            key = {"Idempotency-Key": uuid.uuid4().hex}
+            content = f"once {round_} [[tokens:20]] [[delay:10]]"
+            on_a, on_b = await asyncio.gather(
+                send(a, token, content, extra_headers=key),
+                send(b, token, content, extra_headers=key),
+            )
+            assert on_a.status == on_b.status == 200, (on_a.body, on_b.body)
+            assert on_a.message_id == on_b.message_id
+            assert triples(on_a.events) == triples(on_b.events)
+            assert on_a.terminal.event == "done" and on_a.text == expected_text(20)
+            stored = await messages(b, token, on_a.conversation_id)
+            assert [(m["role"], m["content"]) for m in stored] == [
+                ("user", content),
+                ("assistant", expected_text(20)),
+            ]
+        resp = await a.get(f"{CHAT}/conversations", headers=auth(token))
+        assert len(resp.json()["items"]) == 5
+
+
 # --- a process that dies ----------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -20,6 +21,7 @@ from alice.core.errors import AliceError, ErrorCode, RateLimitExceededError, Una
 from alice.core.ratelimit import RateLimiter, limit_key
 from alice.services.auth import CurrentUser
 from alice.services.container import Services
+from alice.services.replies import PriorSend
 from alice.services.slots import UNCOUNTED, Slot, SlotsUnavailableError
 
 _BEARER_DESCRIPTION = "An access token from login or register."
@@ -58,8 +60,15 @@ class _AuthenticatedUser(HTTPBearer):
         return await self._user(request)
 
     async def _user(self, request: Request) -> CurrentUser:
+        """The user, counted against the route's limit."""
+        services, user = await self._authenticate(request)
+        if services.limiter.enabled:
+            await _count(request, services, self._item, self._name, str(user.id))
+        return user
+
+    async def _authenticate(self, request: Request) -> tuple[Services, CurrentUser]:
         services: Services = request.app.state.services
-        credentials = await super().__call__(request)
+        credentials = await HTTPBearer.__call__(self, request)
         try:
             if credentials is None or not credentials.credentials:
                 raise UnauthorizedError(headers={"WWW-Authenticate": "Bearer"})
@@ -69,9 +78,7 @@ class _AuthenticatedUser(HTTPBearer):
                 await count_unauthorized(request, services)
             raise
         request.state.user_id = user.id
-        if services.limiter.enabled:
-            await _count(request, services, self._item, self._name, str(user.id))
-        return user
+        return services, user
 
 
 def authenticated(name: str, limit: str) -> Any:
@@ -107,6 +114,49 @@ def authenticated_stream(name: str, limit: str) -> Any:
     """As `authenticated`, for a route that answers with a stream (counted in the user's
     open streams while it lasts)."""
     return Depends(_StreamingUser(name, limit))
+
+
+class _MessageSender(_StreamingUser):
+    """The user of `POST /chat/message` and what the request refers to that was sent before
+    (SPEC 6): counted in the message limit, or, when it is a re-attach (its `Last-Event-ID`
+    names one of the user's replies, or its `Idempotency-Key` one of the user's sends), in
+    the re-attach limit of `GET …/stream`. It holds a stream slot as `_StreamingUser`."""
+
+    def __init__(self, name: str, limit: str, reattach_name: str, reattach_limit: str) -> None:
+        super().__init__(name, limit)
+        self._reattach_name = reattach_name
+        self._reattach_item = RateLimiter.parse(reattach_limit)
+
+    async def __call__(self, request: Request) -> AsyncIterator[Sender]:  # type: ignore[override]
+        services, user = await self._authenticate(request)
+        headers = request.headers
+        last_event_id, key = headers.get("last-event-id"), headers.get("idempotency-key")
+        prior = PriorSend()
+        if last_event_id or key:
+            prior = await services.replies.prior_send(user.id, last_event_id, key)
+        if services.limiter.enabled:
+            item, name = self._item, self._name
+            if prior.is_reattach:
+                item, name = self._reattach_item, self._reattach_name
+            await _count(request, services, item, name, str(user.id))
+        slot = await _take_stream_slot(services, str(user.id))
+        try:
+            yield Sender(user, prior)
+        finally:
+            await slot.release()
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    user: CurrentUser
+    prior: PriorSend
+
+
+def message_sender(name: str, limit: str, reattach_name: str, reattach_limit: str) -> Any:
+    """The `Sender` of `POST /chat/message`: the user, what the request re-attaches to (if
+    anything), counted under `name`/`limit`, or `reattach_name`/`reattach_limit` for a
+    re-attach."""
+    return Depends(_MessageSender(name, limit, reattach_name, reattach_limit))
 
 
 async def _take_stream_slot(services: Services, user_id: str) -> Slot:

@@ -1,5 +1,6 @@
 from alice.models.base import Base
 from alice.models.conversation import Conversation
+from alice.models.idempotency import IdempotencyKey
 from alice.models.message import Message, MessageRole, MessageStatus
 from alice.models.refresh_token import RefreshToken
 from alice.models.search import SearchDoc
@@ -9,6 +10,7 @@ from alice.models.user import User
 __all__ = [
     "Base",
     "Conversation",
+    "IdempotencyKey",
     "Message",
     "MessageRole",
     "MessageStatus",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from alice.core.errors import (
     ValidationFailedError,
 )
 from alice.core.security import utcnow
-from alice.models import Conversation, Message, MessageRole, MessageStatus
+from alice.models import Conversation, IdempotencyKey, Message, MessageRole, MessageStatus
 from alice.schemas.chat import MessageResponse
 from alice.services.ai.base import ChatTurn
 from alice.services.ai.context import build_context
@@ -112,6 +113,36 @@ def message_response(m: Message) -> MessageResponse:
         created_at=m.created_at,
         model=m.model,
     )
+
+
+KEY_LIFE = timedelta(hours=24)  # SPEC 6: an Idempotency-Key holds for 24 hours
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """The `Idempotency-Key` of a send and the hash of its body."""
+
+    key: str
+    request_hash: str
+
+    @classmethod
+    def of(cls, key: str, body_json: str) -> IdempotencyClaim:
+        """The claim of a request: its key and the SHA-256 of its body as parsed (so white
+        space and the order of JSON keys do not make another body)."""
+        return cls(key, hashlib.sha256(body_json.encode()).hexdigest())
+
+
+# SPEC 6: 1 to 255 visible ASCII characters.
+KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+KEY_SYNTAX = re.compile(KEY_PATTERN)
+
+
+class KeyTakenError(Exception):
+    """The key was stored by another send first (`row`): this one is a re-attach to it."""
+
+    def __init__(self, row: IdempotencyKey) -> None:
+        super().__init__(row.key)
+        self.row = row
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,13 +281,17 @@ class ChatService:
         content: str,
         conversation_id: uuid.UUID | None,
         model: str | None = None,
+        idempotency: IdempotencyClaim | None = None,
     ) -> ReplyStart:
         """Commit the user's message and the reply's `streaming` placeholder together.
 
         A conversation already generating a reply refuses (409); the unique partial index on
         `streaming` messages makes that hold for simultaneous requests too. The reply's model
         is `model` (which the conversation keeps from now on), else the conversation's, else
-        the default."""
+        the default. With an `idempotency` claim the key is stored in the same transaction,
+        first: of two requests with one key, on any processes, one commits and the other
+        raises `KeyTakenError` with the winner's row (PostgreSQL makes the second insert wait
+        for the first's end)."""
         self.check_model(model)
         default_model = self._models[0]
         now = utcnow()
@@ -269,6 +304,22 @@ class ChatService:
         def work(conn: Connection) -> tuple[list[tuple[str, str, str]], str]:
             history: list[tuple[str, str, str]] = []
             chosen = model or default_model
+            if idempotency is not None:
+                key = (IdempotencyKey.user_id == user_id) & (IdempotencyKey.key == idempotency.key)
+                # A key older than its life is free again.
+                conn.execute(
+                    delete(IdempotencyKey).where(key, IdempotencyKey.created_at < now - KEY_LIFE)
+                )
+                conn.execute(
+                    insert(IdempotencyKey).values(
+                        user_id=user_id,
+                        key=idempotency.key,
+                        request_hash=idempotency.request_hash,
+                        conversation_id=conv_id,
+                        message_id=reply_id,
+                        created_at=now,
+                    )
+                )
             if is_new:
                 conn.execute(
                     insert(Conversation).values(
@@ -332,11 +383,28 @@ class ChatService:
         try:
             history, chosen = await self._direct.transaction(work)
         except IntegrityError:
+            if idempotency is not None:
+                taken = await self.find_idempotency_key(user_id, idempotency.key)
+                if taken is not None:
+                    raise KeyTakenError(taken) from None
             raise GenerationInProgressError() from None
         context = build_context(
             [*history, ("user", content, MessageStatus.COMPLETE)], self._context_messages
         )
         return ReplyStart(conv_id, is_new, user_msg_id, reply_id, context, chosen)
+
+    async def find_idempotency_key(self, user_id: uuid.UUID, key: str) -> IdempotencyKey | None:
+        """The user's send with this `Idempotency-Key` within its life (24 hours), if any."""
+        async with self._sessions() as session:
+            return (
+                await session.execute(
+                    select(IdempotencyKey).where(
+                        IdempotencyKey.user_id == user_id,
+                        IdempotencyKey.key == key,
+                        IdempotencyKey.created_at >= utcnow() - KEY_LIFE,
+                    )
+                )
+            ).scalar()
 
     @staticmethod
     async def _owned(

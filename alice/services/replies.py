@@ -27,9 +27,15 @@ from typing import NamedTuple
 from alice.core.config import Settings
 from alice.core.errors import StreamUnavailableError, ValidationFailedError
 from alice.core.metrics import Metrics
-from alice.models import Message, MessageStatus
+from alice.models import IdempotencyKey, Message, MessageStatus
 from alice.services.budgets import Budgets
-from alice.services.chat import ChatService, message_response
+from alice.services.chat import (
+    KEY_SYNTAX,
+    ChatService,
+    IdempotencyClaim,
+    KeyTakenError,
+    message_response,
+)
 from alice.services.eventlog.base import EventLog, LogUnavailableError
 from alice.services.generation import GenerationRegistry
 from alice.services.slots import UNCOUNTED
@@ -37,6 +43,9 @@ from alice.services.slots import UNCOUNTED
 RETRY_MS = 1000
 STOP_WAIT_SECONDS = 5.0
 _POLL_SECONDS = 0.1
+# A key's reply found running with no log yet (see `_log_started`): wait this long for it.
+_LOG_START_WAIT_SECONDS = 2.0
+_LOG_START_POLL_SECONDS = 0.02
 
 
 class ReplyCursor(NamedTuple):
@@ -77,6 +86,18 @@ class ReplyFeed:
     shutdown_grace: float
 
 
+@dataclass(frozen=True, slots=True)
+class PriorSend:
+    """What a send refers to that was sent before (see `ReplyService.prior_send`)."""
+
+    reply: Message | None = None
+    key_row: IdempotencyKey | None = None
+
+    @property
+    def is_reattach(self) -> bool:
+        return self.reply is not None or self.key_row is not None
+
+
 class ReplyService:
     def __init__(
         self,
@@ -97,6 +118,28 @@ class ReplyService:
 
     # --- starting and re-attaching ------------------------------------------------------------
 
+    async def prior_send(
+        self, user_id: uuid.UUID, last_event_id: str | None, key: str | None
+    ) -> PriorSend:
+        """What a send refers to that was sent before: the user's reply its `Last-Event-ID`
+        names, else the user's send its `Idempotency-Key` names. Either makes the request a
+        re-attach (a cursor or key that does not parse names nothing here; `send` refuses
+        it). Asked before the request is counted, to count it in the right limit."""
+        if last_event_id:
+            try:
+                cursor = parse_cursor(last_event_id, "header.Last-Event-ID")
+            except ValidationFailedError:
+                cursor = None
+            if cursor is not None:
+                reply = await self._chat.find_reply(user_id, cursor.message_id)
+                if reply is not None:
+                    return PriorSend(reply=reply)
+        if key and KEY_SYNTAX.fullmatch(key):
+            row = await self._chat.find_idempotency_key(user_id, key)
+            if row is not None:
+                return PriorSend(key_row=row)
+        return PriorSend()
+
     async def send(
         self,
         user_id: uuid.UUID,
@@ -104,22 +147,38 @@ class ReplyService:
         conversation_id: uuid.UUID | None,
         last_event_id: str | None = None,
         model: str | None = None,
+        *,
+        prior: PriorSend | None = None,
+        idempotency: IdempotencyClaim | None = None,
     ) -> ReplyFeed | None:
         """Send a message and feed its reply from the start. With a `Last-Event-ID` naming one
-        of the user's replies it is a re-attach instead: nothing is sent or stored (None: 204,
-        nothing follows). `model`: one of ALICE_AI_MODELS, else the conversation's (422 for
-        any other); the user's budgets refuse (429) before anything is stored."""
+        of the user's replies, or an `Idempotency-Key` the user sent this body with in the
+        last 24 hours (even at this very moment, in another process), it is a re-attach
+        instead: nothing is sent or stored (None: 204, nothing follows). `prior` is what
+        `prior_send` found for this request, when the caller asked it already. `model`: one of
+        ALICE_AI_MODELS, else the conversation's (422 for any other); the user's budgets
+        refuse (429) before anything is stored."""
+        if prior is None:
+            key = idempotency.key if idempotency else None
+            prior = await self.prior_send(user_id, last_event_id, key)
         if last_event_id:
             field = "header.Last-Event-ID"
             cursor = parse_cursor(last_event_id, field)
-            reply = await self._chat.find_reply(user_id, cursor.message_id)
-            if reply is not None:
-                return await self._reattach(cursor, reply, field)
+            if prior.reply is not None:
+                return await self._reattach(cursor, prior.reply, field)
+        if idempotency is not None and prior.key_row is not None:
+            return await self._key_reattach(prior.key_row, idempotency)
         self._chat.check_model(model)
         slot = await self._budgets.admit(user_id) if self._budgets else UNCOUNTED
         try:
-            start = await self._chat.begin_reply(user_id, content, conversation_id, model)
+            start = await self._chat.begin_reply(
+                user_id, content, conversation_id, model, idempotency=idempotency
+            )
             await self._generations.start(start, user_id, slot=slot)
+        except KeyTakenError as taken:  # the same key at the same moment: the other one sends
+            await slot.release()
+            assert idempotency is not None
+            return await self._key_reattach(taken.row, idempotency)
         except BaseException:
             # The reply did not start (a 404, a 409, a failure): its slot is not held.
             await slot.release()
@@ -128,6 +187,34 @@ class ReplyService:
         if self._settings.generation_on_disconnect == "stop":
             on_client_left = self._generations.client_left
         return self.open_feed(start.message_id, 0, on_client_left=on_client_left)
+
+    async def _key_reattach(self, row: IdempotencyKey, claim: IdempotencyClaim) -> ReplyFeed | None:
+        """A send whose key was sent before: with the same body, a re-attach to that reply
+        from its start; with another body, a 422."""
+        field = "header.Idempotency-Key"
+        if row.request_hash != claim.request_hash:
+            raise ValidationFailedError(field, "This key was sent with another request body.")
+        reply = await self._chat.get_message(row.message_id)
+        if reply is None:
+            return None  # deleted: it failed before any text, or its conversation went
+        if reply.status == MessageStatus.STREAMING:
+            await self._log_started(reply.id)
+        return await self._reattach(ReplyCursor(reply.id, 0), reply, field)
+
+    async def _log_started(self, message_id: uuid.UUID) -> None:
+        """Wait, briefly, for a reply's log to exist. The send that stored a key creates its
+        reply's log right after its commit; a simultaneous send of the same key (maybe in
+        another process) learns of that commit first, and would otherwise find the reply
+        running with no log: a 503. Only this race waits here."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + _LOG_START_WAIT_SECONDS
+        while loop.time() < until:
+            try:
+                if await self._log.state(message_id) is not None:
+                    return
+            except LogUnavailableError:
+                return
+            await asyncio.sleep(_LOG_START_POLL_SECONDS)
 
     async def reattach(
         self,

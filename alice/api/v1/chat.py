@@ -7,7 +7,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from alice.api.deps import ServicesDep, authenticated, authenticated_stream
+from alice.api.deps import (
+    Sender,
+    ServicesDep,
+    authenticated,
+    authenticated_stream,
+    message_sender,
+)
 from alice.api.errors import responses
 from alice.api.openapi import operation_id
 from alice.api.responses import ModelResponse
@@ -24,7 +30,7 @@ from alice.schemas.chat import (
     StopRequest,
 )
 from alice.services.auth import CurrentUser
-from alice.services.chat import message_response
+from alice.services.chat import KEY_PATTERN, IdempotencyClaim, message_response
 from alice.services.replies import ReplyFeed
 
 router = APIRouter(prefix="/api/v1/chat", tags=["chat"], generate_unique_id_function=operation_id)
@@ -42,6 +48,17 @@ _POST_LAST_EVENT_ID = Annotated[
         "replies: the request is then a re-attach to that reply after that event (204 when "
         "nothing follows) and sends nothing. One that does not decode is a 422; one that names "
         "no reply of the caller's is ignored (the message is sent).",
+    ),
+]
+_IDEMPOTENCY_KEY = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=KEY_PATTERN,
+        description="1 to 255 visible ASCII characters, chosen by the client once per message "
+        "it means to send. For 24 hours the same key with the same body sends nothing: it is a "
+        "re-attach of that message's reply (after `Last-Event-ID` if given, else from its "
+        "start; 204 when nothing follows). The same key with another body is a 422.",
     ),
 ]
 _GET_LAST_EVENT_ID = Annotated[
@@ -76,14 +93,25 @@ def _answer(feed: ReplyFeed | None) -> Response:
 )
 async def send_message(
     body: MessageCreate,
-    user: Annotated[CurrentUser, authenticated_stream("message", "10/minute")],
+    sender: Annotated[Sender, message_sender("message", "10/minute", "stream", "60/minute")],
     services: ServicesDep,
     last_event_id: _POST_LAST_EVENT_ID = None,
+    idempotency_key: _IDEMPOTENCY_KEY = None,
 ) -> Response:
     """Send a message and stream the reply. With `Last-Event-ID` naming one of the caller's
-    replies it is a re-attach instead: nothing new is sent or stored."""
+    replies, or an `Idempotency-Key` the caller sent this body with in the last 24 hours, it
+    is a re-attach instead: nothing new is sent or stored."""
+    claim = None
+    if idempotency_key:
+        claim = IdempotencyClaim.of(idempotency_key, body.model_dump_json())
     feed = await services.replies.send(
-        user.id, body.content, body.conversation_id, last_event_id, model=body.model
+        sender.user.id,
+        body.content,
+        body.conversation_id,
+        last_event_id,
+        model=body.model,
+        prior=sender.prior,
+        idempotency=claim,
     )
     return _answer(feed)
 
