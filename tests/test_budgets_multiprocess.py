@@ -78,7 +78,7 @@ def pair(fake_anthropic: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         )
         procs = [Proc(name, env, workdir).start() for name in ("a", "b")]
         for proc in procs:
-            proc.wait_ready()
+            proc.wait_ready(timeout=90)  # a loaded machine has taken 30 s to start one
         yield procs
     finally:
         for proc in procs:
