@@ -104,7 +104,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _head_bytes = 0
     _in_head = True
     _refused = False
-    _deadline: asyncio.TimerHandle | None = None
+    # The time by which the client must have made progress (None: no deadline now), and one
+    # timer that checks it. Moving the deadline is a store, not a new timer: a keep-alive
+    # request moves it three times (an asyncio timer armed and cancelled costs some 5 us).
+    _deadline: float | None = None
+    _timer: asyncio.TimerHandle | None = None
     _last_warning = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -124,7 +128,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._arm()  # the first request's head: from the connection's start
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -163,18 +170,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # the deadline ---------------------------------------------------------------------------
 
     def _arm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = self.loop.call_later(self._timeout, self._expired)
+        self._deadline = self.loop.time() + self._timeout
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._check)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _expired(self) -> None:
         self._deadline = None
-        if self.transport.is_closing():
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._deadline is None or self.transport.is_closing():
+            return
+        left = self._deadline - self.loop.time()
+        if left > 0:
+            self._timer = self.loop.call_later(left, self._check)
             return
         if not self._in_head and self.flow is not None and self.flow.read_paused:
             # Reading is paused by our own back-pressure (the app has not taken the body yet):
