@@ -18,13 +18,14 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from alice.api import errors, openapi, ops, pages
 from alice.api.deps import MetricsToken
-from alice.api.v1 import ai_models, auth, chat, export, search, usage
+from alice.api.v1 import account, ai_models, auth, chat, export, search, usage
 from alice.core.config import Settings, get_settings
 from alice.core.database import Direct, create_engine, create_session_factory
 from alice.core.metrics import Metrics
 from alice.core.middleware import EdgeMiddleware
 from alice.core.ratelimit import RateLimiter
 from alice.core.security import PasswordHashing, TokenCodec
+from alice.services.accounts import AccountService
 from alice.services.ai import create_provider
 from alice.services.auth import AuthService
 from alice.services.budgets import Budgets
@@ -33,6 +34,8 @@ from alice.services.container import Services
 from alice.services.eventlog import make_event_log
 from alice.services.export import ExportService
 from alice.services.generation import GenerationRegistry
+from alice.services.mail import make_mailer
+from alice.services.recovery import PasswordRecovery
 from alice.services.replies import ReplyService
 from alice.services.search import SearchService
 from alice.services.slots import make_slots
@@ -75,6 +78,8 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         ttl_seconds=settings.generation_max_seconds + settings.stream_retention_seconds,
         key_prefix=f"{settings.redis_prefix}:gen:",
     )
+    auth = AuthService(sessions, direct, hashing, codec, settings)
+    accounts = AccountService(sessions, hashing, auth, settings)
     provider = create_provider(settings, on_error=metrics.ai_error)
     chat = ChatService(
         sessions, direct, settings.ai_context_messages, models=settings.ai_model_list
@@ -93,7 +98,11 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         sessions=sessions,
         direct=direct,
         limiter=RateLimiter(settings),
-        auth=AuthService(sessions, direct, hashing, codec, settings),
+        auth=auth,
+        accounts=accounts,
+        recovery=PasswordRecovery(
+            sessions, accounts, make_mailer(settings), settings, on_mail=metrics.mail
+        ),
         chat=chat,
         provider=provider,
         event_log=event_log,
@@ -129,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             watcher.cancel()
             await services.generations.shutdown(settings.shutdown_grace_seconds)
+            await services.recovery.drain(grace=settings.smtp_timeout_seconds)
             await services.event_log.close()
             await services.slots.close()
             await services.provider.aclose()
@@ -157,6 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # matched once. The routers set no dependencies or options of their own that this skips.
     for router in (
         auth.router,
+        account.router,
         chat.router,
         search.router,
         export.router,

@@ -61,6 +61,7 @@ def make_settings(backend: str, tmp_path: Path, sqlite_template: Path) -> Callab
     """Settings for this test's backend, with overrides; every call shares one database."""
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     base: dict[str, Any] = {**TEST_SETTINGS, "data_dir": tmp_path / "data"}
+    base["mail_outbox"] = tmp_path / "outbox"  # reset e-mails (SPEC 13), never in the repo
     if backend == "sqlite":
         db = tmp_path / "alice.db"
         shutil.copy(sqlite_template, db)

@@ -78,7 +78,7 @@ async def test_register_weak_password_rejected_one_rule_at_a_time(client, passwo
     assert password not in json.dumps(body) or password == ""
 
 
-@pytest.mark.parametrize("password", ["Abcdefg1", "A1" + "x" * 126, "Ünïcødé1 pässwörd"])
+@pytest.mark.parametrize("password", ["Abcdefx1", "A1" + "x" * 126, "Ünïcødé1 pässwörd"])
 async def test_register_accepts_password_at_the_limits_and_unicode(client, password):
     resp = await register(client, f"ok{uuid.uuid4().hex[:6]}@example.com", password)
     assert resp.status_code == 201, resp.text

@@ -108,7 +108,11 @@ def _check_session(done: subprocess.CompletedProcess[str], tmp_path: Path) -> No
     page = json.loads(next(line for line in lines if line.startswith('{"items"')))
     assert [m["role"] for m in page["items"]] == ["user", "assistant"]
     assert page["items"][1]["status"] == "complete"
-    assert lines[-3:-1] == ["204", "204"]
+    sessions = json.loads(next(line for line in lines if '"current"' in line))["items"]
+    assert [s["current"] for s in sessions] == [False, True]  # the login, then the register
+    assert sessions[0]["user_agent"].startswith("curl/") and sessions[0]["ip"] == "127.0.0.1"
+    assert [line for line in lines if line == "204"] == ["204", "204"]
+    assert lines[-2] == "204"
     assert json.loads(lines[-1])["code"] == "INVALID_TOKEN"
 
 

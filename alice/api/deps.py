@@ -19,7 +19,7 @@ from limits import RateLimitItem
 
 from alice.core.errors import AliceError, ErrorCode, RateLimitExceededError, UnauthorizedError
 from alice.core.ratelimit import RateLimiter, limit_key
-from alice.services.auth import CurrentUser
+from alice.services.auth import ClientInfo, CurrentUser
 from alice.services.container import Services
 from alice.services.replies import PriorSend
 from alice.services.slots import UNCOUNTED, Slot, SlotsUnavailableError
@@ -199,6 +199,11 @@ class _ByClientIP:
         services = request.app.state.services
         key = limit_key(client_ip(request))
         await _count(request, services, self._item, self._name, key)
+
+
+def client_info(request: Request) -> ClientInfo:
+    """The client a new session is recorded with: its full IP and its user agent."""
+    return ClientInfo(ip=client_ip(request), user_agent=request.headers.get("user-agent"))
 
 
 def rate_limit(name: str, limit: str) -> Any:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from fastapi import Response
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 
 
 class ModelResponse(Response):
@@ -19,6 +20,12 @@ class ModelResponse(Response):
     media_type = "application/json"
 
     def __init__(
-        self, model: BaseModel, status_code: int = 200, headers: Mapping[str, str] | None = None
+        self,
+        model: BaseModel,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        background: BackgroundTask | None = None,
     ) -> None:
-        super().__init__(model.model_dump_json(), status_code=status_code, headers=headers)
+        super().__init__(
+            model.model_dump_json(), status_code=status_code, headers=headers, background=background
+        )

@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     ai_models: str | None = None
     user_daily_tokens: int | None = Field(default=None, ge=1)
     user_max_running_replies: int | None = Field(default=None, ge=1)
+    # Accounts (SPEC section 13): password-reset mail.
+    public_url: str = "http://127.0.0.1:8000"
+    smtp_url: SecretStr | None = None
+    smtp_timeout_seconds: float = 30
+    mail_from: str = "ALICE <no-reply@localhost>"
+    mail_outbox: Path = Path("./data/outbox")
+    password_reset_minutes: float = 30
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -29,6 +29,10 @@ class ErrorCode(StrEnum):
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     TOO_MANY_GENERATIONS = "TOO_MANY_GENERATIONS"
     SERVER_BUSY = "SERVER_BUSY"
+    # Accounts (SPEC section 13)
+    INVALID_PASSWORD = "INVALID_PASSWORD"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    MAIL_UNAVAILABLE = "MAIL_UNAVAILABLE"
 
 
 STATUS: dict[ErrorCode, int] = {
@@ -51,6 +55,9 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.TOO_MANY_GENERATIONS: 429,
     ErrorCode.SERVER_BUSY: 503,
+    ErrorCode.INVALID_PASSWORD: 403,
+    ErrorCode.SESSION_NOT_FOUND: 404,
+    ErrorCode.MAIL_UNAVAILABLE: 503,
 }
 
 DEFAULT_DETAIL: dict[ErrorCode, str] = {
@@ -76,6 +83,9 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
     ErrorCode.QUOTA_EXCEEDED: "Your daily token budget is spent; it renews at midnight UTC.",
     ErrorCode.TOO_MANY_GENERATIONS: "You already have as many replies running as allowed.",
     ErrorCode.SERVER_BUSY: "The server is busy; try again in a moment.",
+    ErrorCode.INVALID_PASSWORD: "The password is not correct.",
+    ErrorCode.SESSION_NOT_FOUND: "Session not found.",
+    ErrorCode.MAIL_UNAVAILABLE: "E-mail cannot be sent from this server.",
 }
 
 
@@ -180,6 +190,18 @@ class ServerBusyError(AliceError):
     time, or it holds ALICE_MAX_CONNECTIONS connections): 503 with `Retry-After`."""
 
     code = ErrorCode.SERVER_BUSY
+
+
+class InvalidPasswordError(AliceError):
+    code = ErrorCode.INVALID_PASSWORD
+
+
+class SessionNotFoundError(AliceError):
+    code = ErrorCode.SESSION_NOT_FOUND
+
+
+class MailUnavailableError(AliceError):
+    code = ErrorCode.MAIL_UNAVAILABLE
 
 
 def error_body(code: ErrorCode, detail: str | None = None) -> dict[str, Any]:

@@ -92,6 +92,13 @@ class Metrics:
             ["model", "kind"],
             registry=r,
         )
+        # Accounts (SPEC section 13): e-mails sent and failed (SMTP down, slow or refusing).
+        self.mails = Counter(
+            "alice_mail_total",
+            "e-mails handed to SMTP or the outbox, by outcome",
+            ["kind", "outcome"],
+            registry=r,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         # The labelled children are looked up once per (method, route, status): `labels()`
@@ -144,6 +151,9 @@ class Metrics:
             self.ai_tokens.labels(model, "input").inc(input_tokens)
         if output_tokens:
             self.ai_tokens.labels(model, "output").inc(output_tokens)
+
+    def mail(self, kind: str, outcome: str) -> None:
+        self.mails.labels(kind, outcome).inc()
 
     def render(self) -> bytes:
         if self.multiprocess:

@@ -107,6 +107,7 @@ class AccessClaims:
     user_id: uuid.UUID
     version: int
     jti: str
+    session_id: uuid.UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,9 @@ class TokenCodec:
         self.access_ttl = timedelta(minutes=settings.access_token_minutes)
         self.refresh_ttl = timedelta(days=settings.refresh_token_days)
 
-    def make_access(self, user_id: uuid.UUID, version: int, now: datetime) -> str:
+    def make_access(
+        self, user_id: uuid.UUID, version: int, now: datetime, session_id: uuid.UUID
+    ) -> str:
         claims = {
             "iss": ISSUER,
             "aud": ACCESS_AUDIENCE,
@@ -144,6 +147,7 @@ class TokenCodec:
             "exp": int((now + self.access_ttl).timestamp()),
             "jti": uuid.uuid4().hex,
             "ver": version,
+            "sid": str(session_id),
         }
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"typ": ACCESS_TYP})
 
@@ -175,11 +179,11 @@ class TokenCodec:
             if time.time() < expires:
                 return claims
             del self._verified[token]
-        decoded = self._decode(token, ACCESS_AUDIENCE, ACCESS_TYP, "access", ["ver"])
+        decoded = self._decode(token, ACCESS_AUDIENCE, ACCESS_TYP, "access", ["ver", "sid"])
         ver = decoded["ver"]
         if not isinstance(ver, int) or isinstance(ver, bool):
             raise InvalidTokenError()
-        claims = AccessClaims(_uuid(decoded["sub"]), ver, decoded["jti"])
+        claims = AccessClaims(_uuid(decoded["sub"]), ver, decoded["jti"], _uuid(decoded["sid"]))
         if len(self._verified) >= _VERIFIED_CACHE_SIZE:
             self._verified.pop(next(iter(self._verified)))  # the oldest entry
         self._verified[token] = (claims, float(decoded["exp"]))
@@ -228,6 +232,8 @@ def _uuid(value: Any) -> uuid.UUID:
 
 
 def hash_token(token: str) -> bytes:
+    # SHA-256 is enough for these tokens: each carries at least 256 random or signed bits,
+    # so a slow hash would add nothing against guessing.
     return hashlib.sha256(token.encode()).digest()
 
 

@@ -4,6 +4,7 @@ from alice.models.idempotency import IdempotencyKey
 from alice.models.message import Message, MessageRole, MessageStatus
 from alice.models.refresh_token import RefreshToken
 from alice.models.search import SearchDoc
+from alice.models.session import PasswordReset, Session
 from alice.models.usage import UsageDay
 from alice.models.user import User
 
@@ -14,7 +15,9 @@ __all__ = [
     "Message",
     "MessageRole",
     "MessageStatus",
+    "PasswordReset",
     "RefreshToken",
+    "Session",
     "SearchDoc",
     "UsageDay",
     "User",

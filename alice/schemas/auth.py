@@ -8,7 +8,17 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
+
+from alice.core.passwords import COMMON_MESSAGE, LOCAL_PART_MESSAGE, is_common, is_local_part
 
 PASSWORD_MIN = 8
 PASSWORD_MAX = 128
@@ -49,6 +59,8 @@ def _password(value: str) -> str:
         raise ValueError("must contain at least one digit")
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    if is_common(value):
+        raise ValueError(COMMON_MESSAGE)
     return value
 
 
@@ -73,6 +85,14 @@ class UserCreate(BaseModel):
     password: Password = Field(examples=["SecurePass123"])
     display_name: DisplayName | None = Field(default=None, examples=["Ada"])
 
+    @field_validator("password")
+    @classmethod
+    def _password_not_local_part(cls, value: str, info: ValidationInfo) -> str:
+        email = info.data.get("email")  # validated first (declared first); absent if invalid
+        if email and is_local_part(value, email):
+            raise ValueError(LOCAL_PART_MESSAGE)
+        return value
+
 
 class LoginRequest(BaseModel):
     # Login does not apply the password rules: a wrong password is AUTHENTICATION_FAILED,
@@ -91,7 +111,8 @@ class RefreshRequest(BaseModel):
 
 class TokenResponse(BaseModel):
     access_token: str
-    refresh_token: str
+    # null when the refresh token went into the `alice_refresh` cookie (SPEC section 13).
+    refresh_token: str | None
     token_type: Literal["bearer"] = "bearer"
     expires_in: int = Field(examples=[900])
 
@@ -104,3 +125,45 @@ class UserResponse(BaseModel):
     display_name: str
     is_active: bool
     created_at: datetime
+
+
+class ProfileUpdate(BaseModel):
+    display_name: DisplayName = Field(examples=["Ada Lovelace"])
+
+
+class PasswordChange(BaseModel):
+    current_password: Annotated[str, StringConstraints(max_length=PASSWORD_MAX)]
+    new_password: Password = Field(examples=["NewSecurePass456"])
+
+
+class AccountDelete(BaseModel):
+    password: Annotated[str, StringConstraints(max_length=PASSWORD_MAX)]
+
+
+class PasswordForgot(BaseModel):
+    email: Email = Field(examples=["ada@example.com"])
+
+
+class PasswordReset(BaseModel):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    new_password: Password = Field(examples=["NewSecurePass456"])
+
+
+class AcceptedResponse(BaseModel):
+    detail: str
+
+
+class SessionResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    user_agent: str | None
+    ip: str | None
+    current: bool
+
+
+class SessionList(BaseModel):
+    items: list[SessionResponse]

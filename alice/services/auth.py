@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -20,7 +20,7 @@ from alice.core.errors import (
     InvalidTokenError,
 )
 from alice.core.security import PasswordHashing, TokenCodec, hash_token, utcnow
-from alice.models import RefreshToken, User
+from alice.models import PasswordReset, RefreshToken, Session, User
 
 log = logging.getLogger("alice.auth")
 
@@ -44,6 +44,29 @@ class CurrentUser:
     is_active: bool
     token_version: int
     created_at: datetime
+    # The session (refresh-token family) of the access token the request came with.
+    session_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Where a session was started from: the client IP (after the trusted-proxy rule) and
+    its user agent, as the request gave them."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+USER_AGENT_MAX = 200
+
+
+def clean_user_agent(value: str | None) -> str | None:
+    """At most 200 characters, control characters (NUL included: PostgreSQL text refuses it)
+    dropped."""
+    if not value:
+        return None
+    cleaned = "".join(c for c in value if c.isprintable())[:USER_AGENT_MAX]
+    return cleaned or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +87,20 @@ class AuthService:
     ) -> None:
         self._sessions = sessions
         self._direct = direct
-        self._user_query = select(*_USER_COLUMNS).where(User.id == bindparam("user_id"))
+        # The user of an access token and its session in one statement: an ended session
+        # refuses its access tokens with no second round trip (SPEC section 13).
+        self._user_query = (
+            select(*_USER_COLUMNS)
+            .join(
+                Session,
+                and_(
+                    Session.id == bindparam("session_id"),
+                    Session.user_id == User.id,
+                    Session.revoked_at.is_(None),
+                ),
+            )
+            .where(User.id == bindparam("user_id"))
+        )
         self._hashing = hashing
         self._codec = codec
         self._grace = timedelta(seconds=settings.refresh_reuse_grace_seconds)
@@ -73,7 +109,13 @@ class AuthService:
     def close(self) -> None:
         self._hashing.close()
 
-    async def register(self, email: str, password: str, display_name: str | None) -> TokenPair:
+    async def register(
+        self,
+        email: str,
+        password: str,
+        display_name: str | None,
+        client: ClientInfo | None = None,
+    ) -> TokenPair:
         """Create the account (email already lower-cased) and log it in."""
         password_hash = await self._hashing.hash(password)
         user = User(
@@ -89,13 +131,13 @@ class AuthService:
             async with transaction(self._sessions) as session:
                 session.add(user)
                 await session.flush()
-                pair = self._new_family(session, user.id, user.token_version)
+                pair = self.start_session(session, user.id, user.token_version, client)
         except IntegrityError:
             raise EmailAlreadyExistsError() from None
         log.info("register user_id=%s", user.id)
         return pair
 
-    async def login(self, email: str, password: str) -> TokenPair:
+    async def login(self, email: str, password: str, client: ClientInfo | None = None) -> TokenPair:
         """Check the credentials and start a new refresh-token family.
 
         An unknown email costs a verify against a dummy hash, so it answers like a wrong
@@ -118,7 +160,7 @@ class AuthService:
                 await session.execute(
                     update(User).where(User.id == user.id).values(password_hash=new_hash)
                 )
-            pair = self._new_family(session, user.id, user.token_version)
+            pair = self.start_session(session, user.id, user.token_version, client)
         log.info("login user_id=%s", user.id)
         return pair
 
@@ -149,6 +191,17 @@ class AuthService:
                 ).scalar_one()
                 if row.id != claims.jti or row.family_id != claims.family_id:
                     raise InvalidTokenError()
+                touched = await session.execute(
+                    update(Session)
+                    .where(
+                        Session.id == row.family_id,
+                        Session.user_id == row.user_id,
+                        Session.revoked_at.is_(None),
+                    )
+                    .values(last_used_at=now)
+                )
+                if rowcount(touched) != 1:
+                    raise InvalidTokenError()  # the session was ended (rolls the rotation back)
                 user = await self._load_user(session, row.user_id)
                 if user is None:
                     raise InvalidTokenError()
@@ -177,6 +230,11 @@ class AuthService:
                 .where(RefreshToken.family_id == row.family_id, RefreshToken.revoked_at.is_(None))
                 .values(revoked_at=now)
             )
+            await session.execute(
+                update(Session)
+                .where(Session.id == row.family_id, Session.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
             log.warning(
                 "refresh token reuse detected: family revoked user_id=%s family_id=%s tokens=%s",
                 row.user_id,
@@ -187,28 +245,48 @@ class AuthService:
     async def logout(self, user_id: uuid.UUID) -> None:
         """Revoke every refresh token of the user and raise the token version, so every
         access token issued before now is refused too."""
-        now = utcnow()
         async with transaction(self._sessions) as session:
-            await session.execute(
-                update(RefreshToken)
-                .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-                .values(revoked_at=now)
-            )
-            await session.execute(
-                update(User).where(User.id == user_id).values(token_version=User.token_version + 1)
-            )
+            await self.end_all_sessions(session, user_id, utcnow())
         log.info("logout user_id=%s", user_id)
+
+    async def end_all_sessions(
+        self, session: AsyncSession, user_id: uuid.UUID, now: datetime
+    ) -> int:
+        """In the caller's transaction: revoke every session and refresh token of the user,
+        forget any password-reset token, and raise the token version (so every access token
+        issued before is refused). Returns the new token version."""
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        await session.execute(
+            update(Session)
+            .where(Session.user_id == user_id, Session.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        await session.execute(delete(PasswordReset).where(PasswordReset.user_id == user_id))
+        version = await session.scalar(
+            update(User)
+            .where(User.id == user_id)
+            .values(token_version=User.token_version + 1)
+            .returning(User.token_version)
+        )
+        return int(version or 0)
 
     async def authenticate(self, access_token: str) -> CurrentUser:
         """The user an access token acts for: it exists, is active, and the token is current."""
         claims = self._codec.read_access(access_token)
         # A plain read, not an ORM session: this runs on every authenticated request, and the
         # session's own transaction bookkeeping cost four times the query. On SQLite it is
-        # answered from memory while nothing at all has been committed since the last read.
+        # answered from memory while nothing at all has been committed since the last read
+        # (ending a session is a commit, so it is seen at once, by every process).
         row = await self._direct.first_unless_unchanged(
-            claims.user_id, self._user_query, {"user_id": claims.user_id}
+            (claims.user_id, claims.session_id),
+            self._user_query,
+            {"user_id": claims.user_id, "session_id": claims.session_id},
         )
-        user = CurrentUser(*row) if row else None
+        user = CurrentUser(*row, session_id=claims.session_id) if row else None
         if user is None or user.token_version != claims.version:
             raise InvalidTokenError()
         if not user.is_active:
@@ -219,9 +297,31 @@ class AuthService:
         row = (await session.execute(select(*_USER_COLUMNS).where(User.id == user_id))).first()
         return CurrentUser(*row) if row else None
 
-    def _new_family(self, session: AsyncSession, user_id: uuid.UUID, version: int) -> TokenPair:
+    def start_session(
+        self,
+        session: AsyncSession,
+        user_id: uuid.UUID,
+        version: int,
+        client: ClientInfo | None = None,
+    ) -> TokenPair:
+        """In the caller's transaction: a new session (refresh-token family) and its first
+        token pair."""
         now = utcnow()
-        return self._issue(session, user_id, version, uuid.uuid4(), now + self._session_max, now)
+        client = client or ClientInfo()
+        family_id = uuid.uuid4()
+        ends = now + self._session_max
+        session.add(
+            Session(
+                id=family_id,
+                user_id=user_id,
+                created_at=now,
+                last_used_at=now,
+                expires_at=ends,
+                ip=client.ip[:64] if client.ip else None,
+                user_agent=clean_user_agent(client.user_agent),
+            )
+        )
+        return self._issue(session, user_id, version, family_id, ends, now)
 
     def _issue(
         self,
@@ -246,7 +346,7 @@ class AuthService:
             )
         )
         return TokenPair(
-            access_token=self._codec.make_access(user_id, version, now),
+            access_token=self._codec.make_access(user_id, version, now, family_id),
             refresh_token=refresh.token,
             expires_in=int(self._codec.access_ttl.total_seconds()),
         )

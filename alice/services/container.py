@@ -10,12 +10,14 @@ from alice.core.config import Settings
 from alice.core.database import Direct
 from alice.core.metrics import Metrics
 from alice.core.ratelimit import RateLimiter
+from alice.services.accounts import AccountService
 from alice.services.ai.base import AIProvider
 from alice.services.auth import AuthService
 from alice.services.chat import ChatService
 from alice.services.eventlog.base import EventLog
 from alice.services.export import ExportService
 from alice.services.generation import GenerationRegistry
+from alice.services.recovery import PasswordRecovery
 from alice.services.replies import ReplyService
 from alice.services.search import SearchService
 from alice.services.slots import Slots
@@ -30,6 +32,8 @@ class Services:
     direct: Direct
     limiter: RateLimiter
     auth: AuthService
+    accounts: AccountService
+    recovery: PasswordRecovery
     chat: ChatService
     provider: AIProvider
     event_log: EventLog

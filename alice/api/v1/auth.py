@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 
-from alice.api.deps import ServicesDep, authenticated, rate_limit
+from alice.api.deps import ServicesDep, authenticated, client_info, rate_limit
 from alice.api.errors import responses
 from alice.api.openapi import operation_id
 from alice.api.responses import ModelResponse
@@ -27,7 +27,8 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 # (`alice.api.openapi`): the bearer-token user, the per-IP limit, a body.
 
 
-def _tokens(pair: TokenPair, response: Response) -> TokenResponse:
+def token_response(pair: TokenPair, request: Request, response: Response) -> TokenResponse:
+    """The TokenResponse of a new pair, never cached."""
     response.headers.update(_NO_STORE)
     return TokenResponse(
         access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
@@ -43,10 +44,14 @@ def _tokens(pair: TokenPair, response: Response) -> TokenResponse:
         ErrorCode.EMAIL_ALREADY_EXISTS, ErrorCode.DATABASE_UNAVAILABLE, ErrorCode.SERVER_BUSY
     ),
 )
-async def register(body: UserCreate, services: ServicesDep, response: Response) -> TokenResponse:
+async def register(
+    body: UserCreate, services: ServicesDep, request: Request, response: Response
+) -> TokenResponse:
     """Create an account and log it in."""
-    pair = await services.auth.register(body.email, body.password, body.display_name)
-    return _tokens(pair, response)
+    pair = await services.auth.register(
+        body.email, body.password, body.display_name, client_info(request)
+    )
+    return token_response(pair, request, response)
 
 
 @router.post(
@@ -60,10 +65,12 @@ async def register(body: UserCreate, services: ServicesDep, response: Response) 
         ErrorCode.SERVER_BUSY,
     ),
 )
-async def login(body: LoginRequest, services: ServicesDep, response: Response) -> TokenResponse:
+async def login(
+    body: LoginRequest, services: ServicesDep, request: Request, response: Response
+) -> TokenResponse:
     """Exchange email and password for a token pair (a new session)."""
-    pair = await services.auth.login(body.email, body.password)
-    return _tokens(pair, response)
+    pair = await services.auth.login(body.email, body.password, client_info(request))
+    return token_response(pair, request, response)
 
 
 @router.post(
@@ -74,10 +81,12 @@ async def login(body: LoginRequest, services: ServicesDep, response: Response) -
         ErrorCode.INVALID_TOKEN, ErrorCode.ACCOUNT_DISABLED, ErrorCode.DATABASE_UNAVAILABLE
     ),
 )
-async def refresh(body: RefreshRequest, services: ServicesDep, response: Response) -> TokenResponse:
+async def refresh(
+    body: RefreshRequest, services: ServicesDep, request: Request, response: Response
+) -> TokenResponse:
     """Rotate a refresh token: the presented one is revoked, a new pair issued."""
     pair = await services.auth.refresh(body.refresh_token)
-    return _tokens(pair, response)
+    return token_response(pair, request, response)
 
 
 @router.post(
