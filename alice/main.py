@@ -25,6 +25,7 @@ from alice.core.metrics import Metrics
 from alice.core.middleware import EdgeMiddleware
 from alice.core.ratelimit import RateLimiter
 from alice.core.security import PasswordHashing, TokenCodec
+from alice.services.account_data import AccountData
 from alice.services.accounts import AccountService
 from alice.services.ai import create_provider
 from alice.services.auth import AuthService
@@ -92,6 +93,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         settings, sessions, provider, event_log, metrics, usage=usage_service
     )
     budgets = Budgets(usage_service, slots, settings.user_max_running_replies)
+    replies = ReplyService(settings, chat, generations, event_log, metrics, budgets=budgets)
     return Services(
         settings=settings,
         engine=engine,
@@ -107,7 +109,8 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         provider=provider,
         event_log=event_log,
         generations=generations,
-        replies=ReplyService(settings, chat, generations, event_log, metrics, budgets=budgets),
+        replies=replies,
+        account_data=AccountData(sessions, accounts, generations, replies),
         metrics=metrics,
         search=SearchService(direct, sqlite=settings.is_sqlite),
         export=ExportService(chat, direct),
@@ -198,6 +201,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
+            # The refresh cookie (SPEC 13) crosses origins only for the origins listed by
+            # name: with "*" Starlette would echo any origin that sends a cookie.
+            allow_credentials="*" not in settings.cors_origin_list,
             allow_methods=["*"],
             allow_headers=[
                 "Authorization",
@@ -205,6 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Last-Event-ID",
                 "X-Request-ID",
                 "Idempotency-Key",
+                "X-Token-Transport",
             ],
             expose_headers=[
                 "X-Request-ID",

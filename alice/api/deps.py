@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 from limits import RateLimitItem
 
+from alice.api.cookies import wants_cookie
 from alice.core.errors import AliceError, ErrorCode, RateLimitExceededError, UnauthorizedError
 from alice.core.ratelimit import RateLimiter, limit_key
 from alice.services.auth import ClientInfo, CurrentUser
@@ -199,6 +200,27 @@ class _ByClientIP:
         services = request.app.state.services
         key = limit_key(client_ip(request))
         await _count(request, services, self._item, self._name, key)
+
+
+class _UserOrCookie(_AuthenticatedUser):
+    """As `authenticated`, but None (not 401) for a request without bearer credentials that
+    asks for the cookie transport (SPEC section 13): the route then reads the cookie."""
+
+    async def __call__(self, request: Request) -> CurrentUser | None:  # type: ignore[override]
+        if "authorization" not in request.headers and wants_cookie(request):
+            return None
+        return await super().__call__(request)
+
+
+def user_or_cookie(name: str, limit: str) -> Any:
+    return Depends(_UserOrCookie(name, limit))
+
+
+async def count_for_user(request: Request, name: str, limit: str, user_id: object) -> None:
+    """Count a request against a per-user limit once its user is known another way."""
+    services: Services = request.app.state.services
+    if services.limiter.enabled:
+        await _count(request, services, RateLimiter.parse(limit), name, str(user_id))
 
 
 def client_info(request: Request) -> ClientInfo:

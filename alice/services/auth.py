@@ -242,6 +242,22 @@ class AuthService:
                 rowcount(revoked),
             )
 
+    async def user_of_refresh(self, token: str) -> uuid.UUID:
+        """The user of a live (not revoked, not expired) refresh token: a logout by cookie."""
+        claims = self._codec.read_refresh(token)
+        async with self._sessions() as session:
+            user_id = await session.scalar(
+                select(RefreshToken.user_id).where(
+                    RefreshToken.token_hash == hash_token(token),
+                    RefreshToken.id == claims.jti,
+                    RefreshToken.revoked_at.is_(None),
+                    RefreshToken.expires_at > utcnow(),
+                )
+            )
+        if user_id is None:
+            raise InvalidTokenError()
+        return user_id
+
     async def logout(self, user_id: uuid.UUID) -> None:
         """Revoke every refresh token of the user and raise the token version, so every
         access token issued before now is refused too."""

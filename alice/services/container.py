@@ -10,6 +10,7 @@ from alice.core.config import Settings
 from alice.core.database import Direct
 from alice.core.metrics import Metrics
 from alice.core.ratelimit import RateLimiter
+from alice.services.account_data import AccountData
 from alice.services.accounts import AccountService
 from alice.services.ai.base import AIProvider
 from alice.services.auth import AuthService
@@ -34,6 +35,7 @@ class Services:
     auth: AuthService
     accounts: AccountService
     recovery: PasswordRecovery
+    account_data: AccountData
     chat: ChatService
     provider: AIProvider
     event_log: EventLog

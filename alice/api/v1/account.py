@@ -7,6 +7,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from alice.api.deps import ServicesDep, authenticated, client_info, rate_limit
@@ -16,6 +17,7 @@ from alice.api.v1.auth import token_response
 from alice.core.errors import ErrorCode
 from alice.schemas.auth import (
     AcceptedResponse,
+    AccountDelete,
     PasswordChange,
     PasswordForgot,
     PasswordReset,
@@ -135,3 +137,80 @@ async def reset_password(
     caller gets a new one."""
     pair = await services.recovery.reset(body.token, body.new_password, client_info(request))
     return token_response(pair, request, response)
+
+
+@router.delete(
+    "/me",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=responses(*_AUTHED, *_BODY, ErrorCode.INVALID_PASSWORD),
+)
+async def delete_me(
+    body: AccountDelete,
+    user: Annotated[CurrentUser, authenticated("delete_me", "5/minute")],
+    services: ServicesDep,
+) -> Response:
+    """Delete the account, with its password: running replies are stopped, then the user,
+    sessions, conversations and messages are deleted in one transaction."""
+    await services.account_data.delete_account(user, body.password)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+_EXPORT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "user": {"$ref": "#/components/schemas/UserResponse"},
+        "conversations": {
+            "type": "array",
+            "items": {
+                "allOf": [
+                    {"$ref": "#/components/schemas/ConversationResponse"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "messages": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/MessageResponse"},
+                            }
+                        },
+                        "required": ["messages"],
+                    },
+                ]
+            },
+        },
+        "exported_at": {"type": "string", "format": "date-time"},
+    },
+    "required": ["user", "conversations", "exported_at"],
+}
+
+
+@router.get(
+    "/me/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The whole account, as a JSON attachment (streamed).",
+            "content": {"application/json": {"schema": _EXPORT_SCHEMA}},
+            "headers": {
+                "Content-Disposition": {
+                    "schema": {"type": "string"},
+                    "description": 'attachment; filename="alice-export-<date>.json"',
+                }
+            },
+        },
+        **responses(*_AUTHED),
+    },
+)
+async def export_me(
+    user: Annotated[CurrentUser, authenticated("export_me", "5/minute")],
+    services: ServicesDep,
+) -> StreamingResponse:
+    """Download the account: the profile, every conversation with all its messages."""
+    filename = f"alice-export-{user.id}.json"
+    return StreamingResponse(
+        services.account_data.export(user),
+        media_type="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "no-store",
+        },
+    )

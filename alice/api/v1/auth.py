@@ -6,11 +6,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
 
-from alice.api.deps import ServicesDep, authenticated, client_info, rate_limit
+from alice.api.cookies import (
+    clear_refresh_cookie,
+    refresh_cookie,
+    set_refresh_cookie,
+    wants_cookie,
+)
+from alice.api.deps import (
+    ServicesDep,
+    authenticated,
+    client_info,
+    count_for_user,
+    rate_limit,
+    user_or_cookie,
+)
 from alice.api.errors import responses
 from alice.api.openapi import operation_id
 from alice.api.responses import ModelResponse
-from alice.core.errors import ErrorCode
+from alice.core.errors import ErrorCode, InvalidTokenError, ValidationFailedError
 from alice.schemas.auth import (
     LoginRequest,
     RefreshRequest,
@@ -28,10 +41,15 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def token_response(pair: TokenPair, request: Request, response: Response) -> TokenResponse:
-    """The TokenResponse of a new pair, never cached."""
+    """The TokenResponse of a new pair, never cached; with `X-Token-Transport: cookie` the
+    refresh token goes into the `alice_refresh` cookie instead of the body."""
     response.headers.update(_NO_STORE)
+    refresh: str | None = pair.refresh_token
+    if wants_cookie(request):
+        set_refresh_cookie(response, pair.refresh_token, request.app.state.services.settings)
+        refresh = None
     return TokenResponse(
-        access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
+        access_token=pair.access_token, refresh_token=refresh, expires_in=pair.expires_in
     )
 
 
@@ -82,10 +100,18 @@ async def login(
     ),
 )
 async def refresh(
-    body: RefreshRequest, services: ServicesDep, request: Request, response: Response
+    services: ServicesDep, request: Request, response: Response, body: RefreshRequest | None = None
 ) -> TokenResponse:
-    """Rotate a refresh token: the presented one is revoked, a new pair issued."""
-    pair = await services.auth.refresh(body.refresh_token)
+    """Rotate a refresh token: the presented one is revoked, a new pair issued. With
+    `X-Token-Transport: cookie` and no token in the body, the `alice_refresh` cookie's."""
+    token = body.refresh_token if body is not None else None
+    if token is None:
+        if not wants_cookie(request):
+            raise ValidationFailedError("body.refresh_token", "Field required")
+        token = refresh_cookie(request)
+        if token is None:
+            raise InvalidTokenError()
+    pair = await services.auth.refresh(token)
     return token_response(pair, request, response)
 
 
@@ -94,11 +120,26 @@ async def refresh(
     status_code=status.HTTP_204_NO_CONTENT,
 )
 async def logout(
-    user: Annotated[CurrentUser, authenticated("logout", "10/minute")], services: ServicesDep
+    user: Annotated[CurrentUser | None, user_or_cookie("logout", "10/minute")],
+    services: ServicesDep,
+    request: Request,
 ) -> Response:
-    """End every session of the user: refresh tokens revoked, access tokens refused."""
-    await services.auth.logout(user.id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    """End every session of the user: refresh tokens revoked, access tokens refused. With
+    `X-Token-Transport: cookie` the `alice_refresh` cookie may stand for the bearer token,
+    and is cleared."""
+    if user is not None:
+        user_id = user.id
+    else:
+        token = refresh_cookie(request)
+        if token is None:
+            raise InvalidTokenError()
+        user_id = await services.auth.user_of_refresh(token)
+        await count_for_user(request, "logout", "10/minute", user_id)
+    await services.auth.logout(user_id)
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    if wants_cookie(request):
+        clear_refresh_cookie(response, services.settings)
+    return response
 
 
 @router.get(
