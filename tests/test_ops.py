@@ -55,7 +55,7 @@ async def test_ready_is_503_when_the_database_is_unreachable(tmp_path):
 async def test_unknown_route_and_method(client):
     resp = await client.get("/nope")
     assert resp.status_code == 404 and resp.json() == {"detail": "Not found.", "code": "NOT_FOUND"}
-    resp = await client.delete("/api/v1/auth/me")
+    resp = await client.put("/api/v1/auth/me")
     assert resp.status_code == 405 and resp.json()["code"] == "METHOD_NOT_ALLOWED"
 
 
