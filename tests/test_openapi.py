@@ -65,6 +65,36 @@ EXPECTED: dict[tuple[str, str], dict[int, set[ErrorCode] | None]] = {
     },
     (f"{AUTH}/logout", "post"): {204: None, **_USER},
     (f"{AUTH}/me", "get"): {200: None, **_USER},
+    # Accounts (SPEC 13)
+    (f"{AUTH}/me", "patch"): {200: None, **_USER, **_BODY},
+    (f"{AUTH}/me", "delete"): {
+        204: None,
+        **_USER,
+        **_BODY,
+        403: {E.ACCOUNT_DISABLED, E.INVALID_PASSWORD},
+    },
+    (f"{AUTH}/password", "post"): {
+        200: None,
+        **_USER,
+        **_BODY,
+        403: {E.ACCOUNT_DISABLED, E.INVALID_PASSWORD},
+    },
+    (f"{AUTH}/sessions", "get"): {200: None, **_USER},
+    (f"{AUTH}/sessions/{{session_id}}", "delete"): {
+        204: None,
+        **_USER,
+        **_422,
+        404: {E.SESSION_NOT_FOUND},
+    },
+    (f"{AUTH}/me/export", "get"): {200: None, **_USER},
+    (f"{AUTH}/password/forgot", "post"): {
+        202: None,
+        429: {E.RATE_LIMIT_EXCEEDED},
+        503: {E.MAIL_UNAVAILABLE},
+        **_500,
+        **_BODY,
+    },
+    (f"{AUTH}/password/reset", "post"): {200: None, 401: {E.INVALID_TOKEN}, **_IP_LIMITED},
     (f"{CHAT}/message", "post"): {
         200: None,
         204: None,

@@ -12,6 +12,7 @@ from starlette.background import BackgroundTask
 
 from alice.api.deps import ServicesDep, authenticated, client_info, rate_limit
 from alice.api.errors import responses
+from alice.api.openapi import operation_id
 from alice.api.responses import ModelResponse
 from alice.api.v1.auth import token_response
 from alice.core.errors import ErrorCode
@@ -29,7 +30,7 @@ from alice.schemas.auth import (
 )
 from alice.services.auth import CurrentUser
 
-router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+router = APIRouter(prefix="/api/v1/auth", tags=["auth"], generate_unique_id_function=operation_id)
 
 _AUTHED = (
     ErrorCode.UNAUTHORIZED,
@@ -128,7 +129,12 @@ async def forgot_password(body: PasswordForgot, services: ServicesDep) -> Respon
     "/password/reset",
     response_model=TokenResponse,
     dependencies=[rate_limit("password_reset", "5/minute")],
-    responses=responses(*_BODY, ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.INVALID_TOKEN),
+    responses=responses(
+        *_BODY,
+        ErrorCode.RATE_LIMIT_EXCEEDED,
+        ErrorCode.INVALID_TOKEN,
+        ErrorCode.DATABASE_UNAVAILABLE,
+    ),
 )
 async def reset_password(
     body: PasswordReset, services: ServicesDep, request: Request, response: Response
