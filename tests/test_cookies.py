@@ -75,7 +75,11 @@ async def test_refresh_reads_the_cookie_only_with_the_header(client):
     # Without the header the cookie is not read: the body is required, as before.
     without = await client.post(f"{AUTH}/refresh", cookies=jar)
     assert_error(without, 422, "VALIDATION_ERROR")
-    rotated = await client.post(f"{AUTH}/refresh", headers=COOKIE, cookies=jar)
+    without = await client.post(f"{AUTH}/refresh", json={}, cookies=jar)
+    assert_error(without, 422, "VALIDATION_ERROR")
+    assert without.json()["errors"][0]["field"] == "body.refresh_token"
+    # With it, an empty body (as the page sends) or none at all reads the cookie.
+    rotated = await client.post(f"{AUTH}/refresh", headers=COOKIE, cookies=jar, json={})
     assert rotated.status_code == 200, rotated.text
     assert rotated.json()["refresh_token"] is None
     assert cookie_value(rotated) not in ("", token)
