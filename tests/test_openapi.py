@@ -72,12 +72,14 @@ EXPECTED: dict[tuple[str, str], dict[int, set[ErrorCode] | None]] = {
         **_USER,
         **_BODY,
         403: {E.ACCOUNT_DISABLED, E.INVALID_PASSWORD},
+        **_HASHING,
     },
     (f"{AUTH}/password", "post"): {
         200: None,
         **_USER,
         **_BODY,
         403: {E.ACCOUNT_DISABLED, E.INVALID_PASSWORD},
+        **_HASHING,
     },
     (f"{AUTH}/sessions", "get"): {200: None, **_USER},
     (f"{AUTH}/sessions/{{session_id}}", "delete"): {
@@ -94,7 +96,12 @@ EXPECTED: dict[tuple[str, str], dict[int, set[ErrorCode] | None]] = {
         **_500,
         **_BODY,
     },
-    (f"{AUTH}/password/reset", "post"): {200: None, 401: {E.INVALID_TOKEN}, **_IP_LIMITED},
+    (f"{AUTH}/password/reset", "post"): {
+        200: None,
+        401: {E.INVALID_TOKEN},
+        **_IP_LIMITED,
+        **_HASHING,
+    },
     (f"{CHAT}/message", "post"): {
         200: None,
         204: None,

@@ -59,7 +59,7 @@ async def update_me(
 @router.post(
     "/password",
     response_model=TokenResponse,
-    responses=responses(*_AUTHED, *_BODY, ErrorCode.INVALID_PASSWORD),
+    responses=responses(*_AUTHED, *_BODY, ErrorCode.INVALID_PASSWORD, ErrorCode.SERVER_BUSY),
 )
 async def change_password(
     body: PasswordChange,
@@ -134,6 +134,7 @@ async def forgot_password(body: PasswordForgot, services: ServicesDep) -> Respon
         ErrorCode.RATE_LIMIT_EXCEEDED,
         ErrorCode.INVALID_TOKEN,
         ErrorCode.DATABASE_UNAVAILABLE,
+        ErrorCode.SERVER_BUSY,
     ),
 )
 async def reset_password(
@@ -148,7 +149,7 @@ async def reset_password(
 @router.delete(
     "/me",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=responses(*_AUTHED, *_BODY, ErrorCode.INVALID_PASSWORD),
+    responses=responses(*_AUTHED, *_BODY, ErrorCode.INVALID_PASSWORD, ErrorCode.SERVER_BUSY),
 )
 async def delete_me(
     body: AccountDelete,
