@@ -1,7 +1,7 @@
 """sessions and password resets (SPEC section 13)
 
 Revision ID: 0002
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-07 13:20:00
 """
 
@@ -14,7 +14,7 @@ import alice.models.base
 
 
 revision: str = "0002"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
