@@ -299,3 +299,36 @@ class TestModels:
         await expect(model).to_be_enabled()
         await shots.take(page, "models")
         assert person.problems == []
+
+
+async def test_a_send_whose_answer_is_lost_is_asked_again_not_sent_twice(
+    site: Site, new_context: Any, shots: Shots
+) -> None:
+    if "Idempotency-Key" not in str(site.app.openapi()["paths"].get("/api/v1/chat/message")):
+        pytest.skip("idempotent sends (SPEC 6) are not on this server yet")
+    context = await new_context()
+    person = Person(await context.new_page())
+    page = person.page
+    await person.open()
+    await person.register(new_email())
+    dropped: list[str] = []
+
+    async def drop_the_first_answer(route: Any) -> None:
+        if dropped:
+            await route.continue_()
+            return
+        # The server gets the message and streams its reply; the browser never sees it.
+        await route.fetch()
+        dropped.append(route.request.headers["idempotency-key"])
+        await route.abort("connectionreset")
+
+    await page.route("**/api/v1/chat/message", drop_the_first_answer)
+    await person.send("Only once, please")
+    await person.wait_reply_done()
+    conversation = page.url.split("#c=", 1)[1]
+    stored = await stored_messages(site, conversation)
+    assert [m["role"] for m in stored] == ["user", "assistant"]
+    assert await person.last_reply_text() == " ".join(stored[-1]["content"].split())
+    assert await person.articles().count() == 2
+    assert dropped
+    await shots.take(page, "asked-again")

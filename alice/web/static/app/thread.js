@@ -296,21 +296,23 @@ async function follow(reply, response) {
       if (signal.aborted) return;
       wait = Math.min(wait * 2, 5000);
       try {
-        if (!reply.conversationId && !(reply.origin && features.idempotency)) {
+        // No event yet: the request may or may not have reached the server. The same request
+        // with the same Idempotency-Key re-attaches to the reply it started, or sends the
+        // message if it never arrived.
+        const resend = !reply.lastEventId && reply.origin && features.idempotency;
+        if (!reply.conversationId && !resend) {
           // Lost before the first event, and no way to ask again safely: say so.
           notify("The connection was lost before the reply began. Reload to see it.");
           reply.finish({ status: "incomplete", content: reply.text });
           return;
         }
         const headers = reply.lastEventId ? { "Last-Event-ID": reply.lastEventId } : {};
-        res = reply.conversationId
+        res = !resend
           ? await fetchAuthed("GET", `${CHAT}/conversations/${reply.conversationId}/stream`, {
               headers,
               signal,
             })
-          : // The same request with the same Idempotency-Key: the server re-attaches to the
-            // reply it started, or sends the message if the first request never reached it.
-            await fetchAuthed(reply.origin.method, reply.origin.path, {
+          : await fetchAuthed(reply.origin.method, reply.origin.path, {
               json: reply.origin.body,
               headers: reply.origin.headers,
               signal,
@@ -405,6 +407,13 @@ async function stream(theirs, added, method, path, body) {
   try {
     res = await fetchAuthed(method, path, { json: body, headers, signal: reply.abort.signal });
   } catch (err) {
+    if (!(err instanceof ApiError) && features.idempotency && !reply.abort.signal.aborted) {
+      // The network failed before an answer: ask again, safely, with the same key.
+      follow(reply, null).then(() => {
+        if (features.branches) refreshIds(reply.conversationId).catch(() => {});
+      });
+      return true;
+    }
     state.reply = null;
     composerIdle();
     theirs.remove();
