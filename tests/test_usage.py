@@ -92,3 +92,29 @@ async def test_another_users_usage_is_not_counted(app, client, make_user):
     await add_usage(app, await user_id_of(client, a.headers), 50, 50)
     items = (await client.get(USAGE, params={"days": 1}, headers=b.headers)).json()["items"]
     assert items[0]["input_tokens"] == 0 and items[0]["replies"] == 0
+
+
+async def test_deleting_the_account_takes_its_ledger_and_search_index(app, client, user, backend):
+    from sqlalchemy import text
+
+    from tests.chatkit import send
+
+    uid = await user_id_of(client, user.headers)
+    await send(client, user.access_token, "remember me")
+    resp = await client.request(
+        "DELETE", "/api/v1/auth/me", json={"password": user.password}, headers=user.headers
+    )
+    assert resp.status_code == 204, resp.text
+    async with app.state.services.engine.connect() as conn:
+        for table in ("usage_daily", "search_docs"):
+            left = await conn.scalar(
+                text(f"SELECT count(*) FROM {table} WHERE user_id = :u"),  # noqa: S608
+                {"u": uid.hex if backend == "sqlite" else uid},
+            )
+            assert left == 0, table
+        if backend == "sqlite":
+            fts = await conn.scalar(
+                text("SELECT count(*) FROM search_fts WHERE search_fts MATCH :m"),
+                {"m": f'owner:"u{uid.hex}"'},
+            )
+            assert fts == 0
