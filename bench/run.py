@@ -376,7 +376,14 @@ def seed_conversations(env: Env, user: User, count: int) -> None:
     asyncio.run(_seed(env.database_url, {"conversations": convs}, env.args.postgres))
 
 
+SIDE_BRANCH_EVERY = 10  # the walked conversation has a side branch beside every 10th message
+SIDE_BRANCH_LENGTH = 3
+
+
 def seed_long_conversation(env: Env, user: User, count: int) -> str:
+    """One conversation whose active branch holds `count` messages, with a side branch of
+    SIDE_BRANCH_LENGTH messages beside every SIDE_BRANCH_EVERY-th (newer than the branch's
+    own, as an edit or a regenerate leaves them): the pages must skip them at every depth."""
     conv_id = uuid.uuid4()
     start = datetime.now(UTC) - timedelta(days=30)
     conv = {
@@ -386,23 +393,52 @@ def seed_long_conversation(env: Env, user: User, count: int) -> str:
         "created_at": start,
         "updated_at": start + timedelta(milliseconds=count),
     }
-    messages = []
+
+    def message(i: int, depth: int, parent: uuid.UUID | None, at: datetime, **extra: Any) -> Any:
+        return {
+            "id": uuid.uuid4(),
+            "conversation_id": conv_id,
+            "role": "user" if depth % 2 == 0 else "assistant",
+            "content": f"Message number {i}: " + "lorem ipsum dolor sit amet " * 4,
+            "status": "complete",
+            "token_count": 0 if depth % 2 == 0 else 30,
+            "event_seq": None if depth % 2 == 0 else 32,
+            "heartbeat_at": None,
+            "created_at": at,
+            "parent_id": parent,
+            "depth": depth,
+            "sibling_index": 0,
+            "active_depth": depth,
+            **extra,
+        }
+
+    messages: list[dict[str, Any]] = []
+    side: list[dict[str, Any]] = []
+    parent = None
     for i in range(count):
-        messages.append(
-            {
-                "id": uuid.uuid4(),
-                "conversation_id": conv_id,
-                "role": "user" if i % 2 == 0 else "assistant",
-                "content": f"Message number {i}: " + "lorem ipsum dolor sit amet " * 4,
-                "status": "complete",
-                "token_count": 0 if i % 2 == 0 else 30,
-                "event_seq": None if i % 2 == 0 else 32,
-                "heartbeat_at": None,
-                "created_at": start + timedelta(milliseconds=i),
-            }
-        )
+        at = start + timedelta(milliseconds=i)
+        row = message(i, i, parent, at)
+        messages.append(row)
+        if i % SIDE_BRANCH_EVERY == SIDE_BRANCH_EVERY // 2:
+            side_parent = parent
+            for j in range(SIDE_BRANCH_LENGTH):
+                side_row = message(
+                    -i,
+                    i + j,
+                    side_parent,
+                    at + timedelta(microseconds=500 + j),
+                    sibling_index=1 if j == 0 else 0,
+                    active_depth=None,
+                )
+                side.append(side_row)
+                side_parent = side_row["id"]
+        parent = row["id"]
     asyncio.run(
-        _seed(env.database_url, {"conversations": [conv], "messages": messages}, env.args.postgres)
+        _seed(
+            env.database_url,
+            {"conversations": [conv], "messages": messages + side},
+            env.args.postgres,
+        )
     )
     return str(conv_id)
 
@@ -686,7 +722,10 @@ def figure_http(env: Env, plan: Plan, me_user: User) -> list[Figure]:
 
 def figure_walk(env: Env, plan: Plan, user: User) -> list[Figure]:
     assert env.alice is not None
-    log(f"page cost: seeding {plan.walk_messages:,} messages into one conversation")
+    log(
+        f"page cost: seeding {plan.walk_messages:,} messages into one conversation's active "
+        f"branch, with a side branch of {SIDE_BRANCH_LENGTH} beside every {SIDE_BRANCH_EVERY}th"
+    )
     t = time.monotonic()
     conv_id = seed_long_conversation(env, user, plan.walk_messages)
     seed_seconds = time.monotonic() - t

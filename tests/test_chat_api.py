@@ -80,12 +80,17 @@ async def test_message_walk_with_equal_timestamps(app, client, user):
         )
         for i in range(13)
     ]
+    expected = sorted(msgs, key=lambda m: (m.created_at, m.id))
+    for depth, m in enumerate(expected):  # one branch, in the order of the flat list
+        m.parent_id = expected[depth - 1].id if depth else None
+        m.depth = m.active_depth = depth
     async with app.state.services.sessions() as s, s.begin():
         s.add_all(msgs)
     items = await walk(client, f"{CHAT}/conversations/{conv.id}/messages", user.headers, 3)
-    expected = sorted(msgs, key=lambda m: (m.created_at, m.id))
     assert [i["id"] for i in items] == [str(m.id) for m in expected]
     assert items[0]["status"] == "complete" and items[0]["event_id"] is None
+    assert [i["parent_id"] for i in items] == [None] + [i["id"] for i in items[:-1]]
+    assert {(i["sibling_index"], i["sibling_count"]) for i in items} == {(0, 1)}
 
 
 async def test_default_page_sizes(app, client, user):

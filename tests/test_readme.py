@@ -113,6 +113,17 @@ def _check_session(done: subprocess.CompletedProcess[str], tmp_path: Path) -> No
     assert sessions[0]["user_agent"].startswith("curl/") and sessions[0]["ip"] == "127.0.0.1"
     assert [line for line in lines if line == "204"] == ["204", "204"]
     assert lines[-2] == "204"
+    # Branches: an edit and a regenerate streamed to their end; the switch back answered the
+    # first version's branch, whose question now has two versions.
+    for name in ("edit.txt", "regenerated.txt"):
+        events = (tmp_path / name).read_text().rstrip().split("\n\n")
+        assert events[0].splitlines()[2] == "event: conversation"
+        assert events[-1].splitlines()[1] == "event: done"
+    branch = json.loads((tmp_path / "branch.json").read_text())
+    # (The files are the last run's: the session may run more than once in one folder.)
+    assert [m["role"] for m in branch["items"]] == ["user", "assistant"]
+    assert branch["items"][0]["content"] == "Hello ALICE!"
+    assert [(m["sibling_index"], m["sibling_count"]) for m in branch["items"]] == [(0, 2), (0, 1)]
     assert json.loads(lines[-1])["code"] == "INVALID_TOKEN"
 
 

@@ -559,6 +559,7 @@ async def _streaming_row(
         event_seq=event_seq,
         heartbeat_at=now - timedelta(seconds=age_seconds),
         created_at=now,
+        active_depth=0,  # the conversation's only message, on its active branch
     )
     async with app.state.services.sessions() as session, session.begin():
         session.add(conv)

@@ -33,6 +33,8 @@ class ErrorCode(StrEnum):
     INVALID_PASSWORD = "INVALID_PASSWORD"
     SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
     MAIL_UNAVAILABLE = "MAIL_UNAVAILABLE"
+    # Branches (SPEC section 14)
+    MESSAGE_NOT_FOUND = "MESSAGE_NOT_FOUND"
 
 
 STATUS: dict[ErrorCode, int] = {
@@ -58,6 +60,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_PASSWORD: 403,
     ErrorCode.SESSION_NOT_FOUND: 404,
     ErrorCode.MAIL_UNAVAILABLE: 503,
+    ErrorCode.MESSAGE_NOT_FOUND: 404,
 }
 
 DEFAULT_DETAIL: dict[ErrorCode, str] = {
@@ -86,6 +89,7 @@ DEFAULT_DETAIL: dict[ErrorCode, str] = {
     ErrorCode.INVALID_PASSWORD: "The password is not correct.",
     ErrorCode.SESSION_NOT_FOUND: "Session not found.",
     ErrorCode.MAIL_UNAVAILABLE: "E-mail cannot be sent from this server.",
+    ErrorCode.MESSAGE_NOT_FOUND: "Message not found.",
 }
 
 
@@ -159,6 +163,10 @@ class ConversationNotFoundError(AliceError):
 
 class GenerationInProgressError(AliceError):
     code = ErrorCode.GENERATION_IN_PROGRESS
+
+
+class MessageNotFoundError(AliceError):
+    code = ErrorCode.MESSAGE_NOT_FOUND
 
 
 class StreamUnavailableError(AliceError):

@@ -39,10 +39,19 @@ class MessageCreate(BaseModel):
             "messages. Default: the conversation's model, else the first of ALICE_AI_MODELS.",
         ),
     ] = None
+    edit_of: uuid.UUID | None = Field(
+        default=None,
+        description="A user message of `conversation_id`: the new message becomes its sibling "
+        "(an edit), and the active branch ends at it.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"content": "Hello ALICE!", "conversation_id": None}]}
     )
+
+
+class BranchSwitch(BaseModel):
+    message_id: uuid.UUID
 
 
 class ConversationUpdate(BaseModel):
@@ -79,6 +88,11 @@ class MessageResponse(BaseModel):
     model: str | None = Field(
         default=None, description="The model that wrote an assistant message (null for a user's)."
     )
+    parent_id: uuid.UUID | None = Field(
+        description="The message this one follows; null for a first message."
+    )
+    sibling_index: int = Field(description="0-based place among its parent's children.")
+    sibling_count: int = Field(description="How many children its parent has (itself too).")
 
 
 class ConversationPage(BaseModel):

@@ -6,10 +6,10 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -17,16 +17,25 @@ from alice.core.database import Direct, transaction
 from alice.core.errors import (
     ConversationNotFoundError,
     GenerationInProgressError,
+    MessageNotFoundError,
     ValidationFailedError,
 )
 from alice.core.security import utcnow
 from alice.models import Conversation, IdempotencyKey, Message, MessageRole, MessageStatus
+from alice.models.message import SIBLING_COUNT
 from alice.schemas.chat import MessageResponse
+from alice.services import branches
 from alice.services.ai.base import ChatTurn
 from alice.services.ai.context import build_context
-from alice.services.pagination import decode_cursor, encode_cursor
+from alice.services.pagination import (
+    decode_cursor,
+    decode_position_cursor,
+    encode_cursor,
+    encode_position_cursor,
+)
 
 TITLE_MAX = 80
+BRANCH_PAGE = 50  # the page a branch switch answers with (the messages' default limit)
 _CONVERSATION_COLUMNS = (
     Conversation.id,
     Conversation.title,
@@ -62,35 +71,22 @@ _CONVERSATION_OWNER = select(Conversation.user_id).where(
 _CONVERSATION_OWNER_MODEL = select(Conversation.user_id, Conversation.model).where(
     Conversation.id == bindparam("conversation_id")
 )
+# Taken first by every transaction that changes a conversation's tree: on PostgreSQL it locks
+# the row, so such transactions on one conversation run one after the other (SQLite's write
+# lock already does that).
+_CONVERSATION_LOCKED = _CONVERSATION_OWNER_MODEL.with_for_update()
 _STREAMING_REPLY = select(Message.id).where(
     Message.conversation_id == bindparam("conversation_id"),
     Message.status == MessageStatus.STREAMING,
 )
-# The context of a reply: the latest messages with text, oldest first once reversed.
-_HISTORY = (
-    select(Message.role, Message.content, Message.status)
+# A page of the active branch: one range of the index (conversation_id, active_depth).
+_MESSAGES_PAGE = (
+    select(*Message.__table__.columns, SIBLING_COUNT.label("sibling_count"))
     .where(
         Message.conversation_id == bindparam("conversation_id"),
-        Message.status != MessageStatus.STREAMING,
-        func.length(Message.content) > 0,
+        Message.active_depth > bindparam("after_depth"),
     )
-    .order_by(Message.created_at.desc(), Message.id.desc())
-    .limit(bindparam("limit"))
-)
-_MESSAGES = select(*Message.__table__.columns).where(
-    Message.conversation_id == bindparam("conversation_id")
-)
-_MESSAGES_ORDER = (Message.created_at, Message.id)
-_MESSAGES_FIRST = _MESSAGES.order_by(*_MESSAGES_ORDER).limit(bindparam("limit"))
-_MESSAGES_AFTER = (
-    _MESSAGES.where(
-        tuple_(Message.created_at, Message.id)
-        > tuple_(
-            bindparam("at", type_=Message.created_at.type),
-            bindparam("after_id", type_=Message.id.type),
-        )
-    )
-    .order_by(*_MESSAGES_ORDER)
+    .order_by(Message.active_depth)
     .limit(bindparam("limit"))
 )
 
@@ -101,6 +97,8 @@ def make_title(content: str) -> str:
 
 
 def message_response(m: Message) -> MessageResponse:
+    """The MessageResponse of a message (an ORM object or a page row: both carry
+    `sibling_count`)."""
     streaming = m.status == MessageStatus.STREAMING
     return MessageResponse(
         id=m.id,
@@ -112,6 +110,9 @@ def message_response(m: Message) -> MessageResponse:
         event_id=f"{m.id}:{m.event_seq}" if streaming and m.event_seq else None,
         created_at=m.created_at,
         model=m.model,
+        parent_id=m.parent_id,
+        sibling_index=m.sibling_index,
+        sibling_count=m.sibling_count,
     )
 
 
@@ -147,11 +148,12 @@ class KeyTakenError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ReplyStart:
-    """What the POST committed: the user's message and the placeholder of the reply."""
+    """What the POST committed: the user's message (none for a regenerate) and the
+    placeholder of the reply."""
 
     conversation_id: uuid.UUID
     is_new: bool
-    user_message_id: uuid.UUID
+    user_message_id: uuid.UUID | None
     message_id: uuid.UUID
     context: list[ChatTurn]
     model: str
@@ -199,17 +201,42 @@ class ChatService:
     async def list_messages(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, limit: int, cursor: str | None
     ) -> tuple[list[Any], str | None]:
-        """A page of a conversation's messages, oldest first (keyset)."""
+        """A page of the conversation's active branch, oldest first (keyset on the depth)."""
         owner = await self._direct.first(_CONVERSATION_OWNER, {"conversation_id": conversation_id})
         if owner is None or owner.user_id != user_id:
             raise ConversationNotFoundError()
-        params: dict[str, Any] = {"conversation_id": conversation_id, "limit": limit + 1}
-        query = _MESSAGES_FIRST
-        if cursor:
-            params["at"], params["after_id"] = decode_cursor("m", cursor)
-            query = _MESSAGES_AFTER
-        rows = list(await self._direct.all(query, params))
-        return _page(rows, limit, lambda m: encode_cursor("m", m.created_at, m.id))
+        return await self._branch_page(conversation_id, limit, cursor)
+
+    async def _branch_page(
+        self, conversation_id: uuid.UUID, limit: int, cursor: str | None
+    ) -> tuple[list[Any], str | None]:
+        after = decode_position_cursor("b", cursor)[0] if cursor else -1
+        params = {"conversation_id": conversation_id, "after_depth": after, "limit": limit + 1}
+        rows = list(await self._direct.all(_MESSAGES_PAGE, params))
+        return _page(rows, limit, lambda m: encode_position_cursor("b", m.active_depth, m.id))
+
+    async def switch_branch(
+        self,
+        user_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        message_id: uuid.UUID,
+        limit: int = BRANCH_PAGE,
+    ) -> tuple[list[Any], str | None]:
+        """Make the branch through `message_id` active (below it, the newest child at each
+        level) and return its first page."""
+
+        def work(conn: Connection) -> None:
+            self._lock_owned(conn, user_id, conversation_id)
+            target = branches.node(conn, conversation_id, message_id)
+            if target is None:
+                raise MessageNotFoundError()
+            if conn.execute(_STREAMING_REPLY, {"conversation_id": conversation_id}).first():
+                raise GenerationInProgressError()
+            branches.end_branch_at(conn, conversation_id, target.id)
+            branches.extend_to_newest(conn, target.id)
+
+        await self._direct.transaction(work)
+        return await self._branch_page(conversation_id, limit, None)
 
     async def rename(
         self, user_id: uuid.UUID, conversation_id: uuid.UUID, title: str
@@ -282,9 +309,12 @@ class ChatService:
         conversation_id: uuid.UUID | None,
         model: str | None = None,
         idempotency: IdempotencyClaim | None = None,
+        edit_of: uuid.UUID | None = None,
     ) -> ReplyStart:
         """Commit the user's message and the reply's `streaming` placeholder together.
 
+        The message goes below the active leaf or, with `edit_of` (a user message of this
+        conversation), beside that message: the active branch then ends at the new one.
         A conversation already generating a reply refuses (409); the unique partial index on
         `streaming` messages makes that hold for simultaneous requests too. The reply's model
         is `model` (which the conversation keeps from now on), else the conversation's, else
@@ -293,6 +323,10 @@ class ChatService:
         raises `KeyTakenError` with the winner's row (PostgreSQL makes the second insert wait
         for the first's end)."""
         self.check_model(model)
+        if edit_of is not None and conversation_id is None:
+            raise ValidationFailedError(
+                "body.conversation_id", "An edit names the conversation of the edited message."
+            )
         default_model = self._models[0]
         now = utcnow()
         user_msg_id, reply_id = uuid.uuid4(), uuid.uuid4()
@@ -320,6 +354,8 @@ class ChatService:
                         created_at=now,
                     )
                 )
+            parent_id: uuid.UUID | None = None
+            depth = sibling_index = 0
             if is_new:
                 conn.execute(
                     insert(Conversation).values(
@@ -332,17 +368,29 @@ class ChatService:
                     )
                 )
             else:
-                conv = conn.execute(_CONVERSATION_OWNER_MODEL, {"conversation_id": conv_id}).first()
-                if conv is None or conv.user_id != user_id:
-                    raise ConversationNotFoundError()
+                conv = self._lock_owned(conn, user_id, conv_id)
                 if model is None and conv.model in self._models:
                     chosen = conv.model
+                edited = None
+                if edit_of is not None:
+                    edited = branches.node(conn, conv_id, edit_of)
+                    if edited is None:
+                        raise MessageNotFoundError()
+                    if edited.role != MessageRole.USER:
+                        raise ValidationFailedError(
+                            "body.edit_of", "Only a user message can be edited."
+                        )
                 if conn.execute(_STREAMING_REPLY, {"conversation_id": conv_id}).first():
                     raise GenerationInProgressError()
-                rows = conn.execute(
-                    _HISTORY, {"conversation_id": conv_id, "limit": self._context_messages}
-                ).all()
-                history = [(r.role, r.content, r.status) for r in reversed(rows)]
+                if edited is not None:
+                    parent_id, depth = edited.parent_id, edited.depth
+                    branches.end_branch_at(conn, conv_id, parent_id)
+                else:
+                    leaf = branches.leaf(conn, conv_id)
+                    if leaf is not None:
+                        parent_id, depth = leaf.id, leaf.depth + 1
+                sibling_index = branches.next_sibling_index(conn, conv_id, parent_id)
+                history = branches.ancestors(conn, conv_id, depth, self._context_messages)
                 conn.execute(
                     update(Conversation)
                     .where(Conversation.id == conv_id)
@@ -351,31 +399,17 @@ class ChatService:
             conn.execute(
                 insert(Message),
                 [
-                    {
-                        "id": user_msg_id,
-                        "conversation_id": conv_id,
-                        "role": MessageRole.USER,
-                        "content": content,
-                        "status": MessageStatus.COMPLETE,
-                        "token_count": 0,
-                        "event_seq": None,
-                        "heartbeat_at": None,
-                        "created_at": now,
-                        "model": None,
-                    },
-                    {
-                        "id": reply_id,
-                        "conversation_id": conv_id,
-                        "role": MessageRole.ASSISTANT,
-                        "content": "",
-                        "status": MessageStatus.STREAMING,
-                        "token_count": 0,
-                        "event_seq": 1,
-                        "heartbeat_at": now,
-                        # One microsecond later: the reply sorts after its question.
-                        "created_at": now + timedelta(microseconds=1),
-                        "model": chosen,
-                    },
+                    _row(
+                        user_msg_id,
+                        conv_id,
+                        MessageRole.USER,
+                        content,
+                        now,
+                        parent_id,
+                        depth,
+                        sibling_index,
+                    ),
+                    _placeholder(reply_id, conv_id, now, user_msg_id, depth + 1, 0, chosen),
                 ],
             )
             return history, chosen
@@ -406,6 +440,67 @@ class ChatService:
                 )
             ).scalar()
 
+    async def begin_regenerate(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, message_id: uuid.UUID
+    ) -> ReplyStart:
+        """Commit a new `streaming` reply beside the assistant message `message_id`, from the
+        same context (its ancestors); the active branch then ends at it."""
+        now = utcnow()
+        reply_id = uuid.uuid4()
+
+        def work(conn: Connection) -> tuple[list[tuple[str, str, str]], str]:
+            conv = self._lock_owned(conn, user_id, conversation_id)
+            # The conversation's model, as for a message sent to it now.
+            chosen = conv.model if conv.model in self._models else self._models[0]
+            old = branches.node(conn, conversation_id, message_id)
+            if old is None:
+                raise MessageNotFoundError()
+            if old.role != MessageRole.ASSISTANT:
+                raise ValidationFailedError(
+                    "path.message_id", "Only an assistant message can be regenerated."
+                )
+            if conn.execute(_STREAMING_REPLY, {"conversation_id": conversation_id}).first():
+                raise GenerationInProgressError()
+            branches.end_branch_at(conn, conversation_id, old.parent_id)
+            sibling_index = branches.next_sibling_index(conn, conversation_id, old.parent_id)
+            history = branches.ancestors(conn, conversation_id, old.depth, self._context_messages)
+            conn.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id)
+                .values(updated_at=now)
+            )
+            conn.execute(
+                insert(Message),
+                [
+                    _placeholder(
+                        reply_id,
+                        conversation_id,
+                        now,
+                        old.parent_id,
+                        old.depth,
+                        sibling_index,
+                        chosen,
+                    )
+                ],
+            )
+            return history, chosen
+
+        try:
+            history, chosen = await self._direct.transaction(work)
+        except IntegrityError:
+            raise GenerationInProgressError() from None
+        context = build_context(history, self._context_messages)
+        return ReplyStart(conversation_id, False, None, reply_id, context, chosen)
+
+    @staticmethod
+    def _lock_owned(conn: Connection, user_id: uuid.UUID, conversation_id: uuid.UUID) -> Any:
+        """The conversation's (user_id, model), its row locked on PostgreSQL; a 404 for
+        anyone else's."""
+        conv = conn.execute(_CONVERSATION_LOCKED, {"conversation_id": conversation_id}).first()
+        if conv is None or conv.user_id != user_id:
+            raise ConversationNotFoundError()
+        return conv
+
     @staticmethod
     async def _owned(
         session: AsyncSession, user_id: uuid.UUID, conversation_id: uuid.UUID
@@ -414,6 +509,67 @@ class ChatService:
         if conv is None or conv.user_id != user_id:
             raise ConversationNotFoundError()
         return conv
+
+
+def _row(
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    role: MessageRole,
+    content: str,
+    at: datetime,
+    parent_id: uuid.UUID | None,
+    depth: int,
+    sibling_index: int,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """A new complete message, on the active branch."""
+    return {
+        "id": message_id,
+        "conversation_id": conversation_id,
+        "role": role,
+        "content": content,
+        "status": MessageStatus.COMPLETE,
+        "token_count": 0,
+        "event_seq": None,
+        "heartbeat_at": None,
+        "created_at": at,
+        "parent_id": parent_id,
+        "depth": depth,
+        "sibling_index": sibling_index,
+        "active_depth": depth,
+        "model": model,
+    }
+
+
+def _placeholder(
+    message_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    at: datetime,
+    parent_id: uuid.UUID | None,
+    depth: int,
+    sibling_index: int,
+    model: str,
+) -> dict[str, Any]:
+    """A reply's `streaming` row, on the active branch, written by `model`."""
+    row = _row(
+        message_id,
+        conversation_id,
+        MessageRole.ASSISTANT,
+        "",
+        at,
+        parent_id,
+        depth,
+        sibling_index,
+        model,
+    )
+    # One microsecond later: the reply sorts after its question.
+    row.update(
+        status=MessageStatus.STREAMING,
+        event_seq=1,
+        heartbeat_at=at,
+        created_at=at + timedelta(microseconds=1),
+    )
+    return row
 
 
 def _page(rows: list, limit: int, cursor_of) -> tuple[list, str | None]:  # type: ignore[no-untyped-def]

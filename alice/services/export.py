@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, select, tuple_
 
 from alice.core.database import Direct
 from alice.models import Message
+from alice.models.message import SIBLING_COUNT
 from alice.schemas.chat import ConversationResponse
 from alice.services.chat import ChatService, message_response
 
@@ -35,7 +36,7 @@ _UNSAFE = re.compile(r'[\\/:*?"<>|]+')
 _NOT_ASCII_SAFE = re.compile(r"[^A-Za-z0-9 ._()\-]+")
 _SPACES = re.compile(r"\s+")
 
-_ALL_MESSAGES = select(*Message.__table__.columns).where(
+_ALL_MESSAGES = select(*Message.__table__.columns, SIBLING_COUNT.label("sibling_count")).where(
     Message.conversation_id == bindparam("conversation_id")
 )
 _ORDER = (Message.created_at, Message.id)

@@ -23,12 +23,14 @@ from typing import Any, Protocol
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from alice.core.config import Settings
 from alice.core.database import rowcount, transaction
 from alice.core.errors import DEFAULT_DETAIL, AIServiceUnavailableError, ErrorCode
 from alice.core.security import utcnow
 from alice.models import Conversation, Message, MessageStatus
+from alice.services import branches
 from alice.services.ai.base import AIProvider, ChatTurn, TextDelta, Usage
 from alice.services.chat import ReplyStart
 from alice.services.eventlog.base import Entry, EventLog, LogUnavailableError
@@ -440,7 +442,19 @@ class GenerationRegistry:
                 async with transaction(self._sessions) as session:
                     guard = (Message.id == mid, Message.status == MessageStatus.STREAMING)
                     if delete_row:
-                        result = await session.execute(delete(Message).where(*guard))
+                        deleted = await session.execute(
+                            delete(Message)
+                            .where(*guard)
+                            .returning(Message.parent_id, Message.active_depth)
+                            .execution_options(synchronize_session=False)
+                        )
+                        gone = deleted.first()
+                        won = gone is not None
+                        if gone is not None:
+                            # A failed regenerate: the branch goes on through an older reply.
+                            await session.run_sync(
+                                _continue_branch, gone.parent_id, gone.active_depth is not None
+                            )
                     else:
                         result = await session.execute(
                             update(Message)
@@ -455,7 +469,7 @@ class GenerationRegistry:
                                 heartbeat_at=None,
                             )
                         )
-                    won = bool(rowcount(result))
+                        won = bool(rowcount(result))
                     if won and ledger is not None:
                         await session.execute(ledger)
                 return won
@@ -569,6 +583,10 @@ class GenerationRegistry:
                 row.id, Entry(terminal_seq, "error", error_data(ErrorCode.GENERATION_LOST))
             )
         return True
+
+
+def _continue_branch(session: Session, parent_id: uuid.UUID | None, was_active: bool) -> None:
+    branches.after_empty_reply_deleted(session.connection(), parent_id, was_active)
 
 
 async def _aclose(stream: Any) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -34,6 +34,7 @@ from alice.services.chat import (
     ChatService,
     IdempotencyClaim,
     KeyTakenError,
+    ReplyStart,
     message_response,
 )
 from alice.services.eventlog.base import EventLog, LogUnavailableError
@@ -150,6 +151,7 @@ class ReplyService:
         *,
         prior: PriorSend | None = None,
         idempotency: IdempotencyClaim | None = None,
+        edit_of: uuid.UUID | None = None,
     ) -> ReplyFeed | None:
         """Send a message and feed its reply from the start. With a `Last-Event-ID` naming one
         of the user's replies, or an `Idempotency-Key` the user sent this body with in the
@@ -157,7 +159,8 @@ class ReplyService:
         instead: nothing is sent or stored (None: 204, nothing follows). `prior` is what
         `prior_send` found for this request, when the caller asked it already. `model`: one of
         ALICE_AI_MODELS, else the conversation's (422 for any other); the user's budgets
-        refuse (429) before anything is stored."""
+        refuse (429) before anything is stored. With `edit_of` the message is a new version
+        of that user message (SPEC section 14)."""
         if prior is None:
             key = idempotency.key if idempotency else None
             prior = await self.prior_send(user_id, last_event_id, key)
@@ -169,11 +172,39 @@ class ReplyService:
         if idempotency is not None and prior.key_row is not None:
             return await self._key_reattach(prior.key_row, idempotency)
         self._chat.check_model(model)
+        return await self._run(
+            user_id,
+            lambda: self._chat.begin_reply(
+                user_id,
+                content,
+                conversation_id,
+                model,
+                idempotency=idempotency,
+                edit_of=edit_of,
+            ),
+            idempotency,
+        )
+
+    async def regenerate(
+        self, user_id: uuid.UUID, conversation_id: uuid.UUID, message_id: uuid.UUID
+    ) -> ReplyFeed | None:
+        """A new version of the assistant message `message_id`, from its context, run and fed
+        from the start as any reply, and counted in the budgets as one (SPEC section 14)."""
+        return await self._run(
+            user_id, lambda: self._chat.begin_regenerate(user_id, conversation_id, message_id)
+        )
+
+    async def _run(
+        self,
+        user_id: uuid.UUID,
+        begin: Callable[[], Awaitable[ReplyStart]],
+        idempotency: IdempotencyClaim | None = None,
+    ) -> ReplyFeed | None:
+        """Admit a reply under the user's budgets, commit it (`begin`), run it here and feed it
+        from its start."""
         slot = await self._budgets.admit(user_id) if self._budgets else UNCOUNTED
         try:
-            start = await self._chat.begin_reply(
-                user_id, content, conversation_id, model, idempotency=idempotency
-            )
+            start = await begin()
             await self._generations.start(start, user_id, slot=slot)
         except KeyTakenError as taken:  # the same key at the same moment: the other one sends
             await slot.release()

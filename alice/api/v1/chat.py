@@ -21,6 +21,7 @@ from alice.api.sse import feed_response
 from alice.core.errors import ErrorCode
 from alice.models import MessageStatus
 from alice.schemas.chat import (
+    BranchSwitch,
     ConversationPage,
     ConversationResponse,
     ConversationUpdate,
@@ -83,6 +84,7 @@ def _answer(feed: ReplyFeed | None) -> Response:
         **_NOTHING_FOLLOWS,
         **responses(
             ErrorCode.CONVERSATION_NOT_FOUND,
+            ErrorCode.MESSAGE_NOT_FOUND,
             ErrorCode.GENERATION_IN_PROGRESS,
             ErrorCode.STREAM_UNAVAILABLE,
             ErrorCode.QUOTA_EXCEEDED,
@@ -112,8 +114,33 @@ async def send_message(
         model=body.model,
         prior=sender.prior,
         idempotency=claim,
+        edit_of=body.edit_of,
     )
     return _answer(feed)
+
+
+@router.post(
+    "/conversations/{conversation_id}/messages/{message_id}/regenerate",
+    response_class=Response,
+    responses=responses(
+        ErrorCode.CONVERSATION_NOT_FOUND,
+        ErrorCode.MESSAGE_NOT_FOUND,
+        ErrorCode.GENERATION_IN_PROGRESS,
+        ErrorCode.QUOTA_EXCEEDED,
+        ErrorCode.TOO_MANY_GENERATIONS,
+        stream=True,
+    ),
+)
+async def regenerate(
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    # The message limit: a regenerate is a message to the AI as any other.
+    user: Annotated[CurrentUser, authenticated_stream("message", "10/minute")],
+    services: ServicesDep,
+) -> Response:
+    """Generate a new reply beside the assistant message `message_id`, from the same context
+    (its ancestors), and stream it; the older reply stays as its sibling."""
+    return _answer(await services.replies.regenerate(user.id, conversation_id, message_id))
 
 
 @router.get(
@@ -145,8 +172,33 @@ async def list_messages(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
-    """A conversation's messages, oldest first."""
+    """The conversation's active branch, oldest first."""
     items, next_cursor = await services.chat.list_messages(user.id, conversation_id, limit, cursor)
+    return ModelResponse(
+        MessagePage(items=[message_response(m) for m in items], next_cursor=next_cursor)
+    )
+
+
+@router.put(
+    "/conversations/{conversation_id}/branch",
+    response_model=MessagePage,
+    responses=responses(
+        ErrorCode.CONVERSATION_NOT_FOUND,
+        ErrorCode.MESSAGE_NOT_FOUND,
+        ErrorCode.GENERATION_IN_PROGRESS,
+    ),
+)
+async def switch_branch(
+    conversation_id: uuid.UUID,
+    body: BranchSwitch,
+    user: Annotated[CurrentUser, authenticated("branch", "60/minute")],
+    services: ServicesDep,
+) -> Response:
+    """Make the branch through `message_id` active (below it, the newest child at each
+    level); the answer is that branch's first page."""
+    items, next_cursor = await services.chat.switch_branch(
+        user.id, conversation_id, body.message_id
+    )
     return ModelResponse(
         MessagePage(items=[message_response(m) for m in items], next_cursor=next_cursor)
     )
