@@ -604,3 +604,53 @@ async def test_failed_edit_reply_leaves_the_branch_at_the_new_message(live):
         assert (items[0]["sibling_index"], items[0]["sibling_count"]) == (1, 2)
         back = await switch(client, token, cid, u["id"])
         assert ids(back.json()["items"]) == [u["id"], a["id"]]
+
+
+# --- budgets (SPEC section 15): a regenerate is a reply like any other ----------------------
+
+
+async def test_regenerate_spends_the_daily_budget_and_is_refused_when_it_is_spent(settings):
+    from tests.test_budgets import app_with, mock_cost, new_user
+
+    cost = mock_cost("spend it")
+    async with app_with(settings, user_daily_tokens=cost + 1) as (app, client):
+        user = await new_user(app)
+        first = await send(client, user.access_token, "spend it")
+        assert first.terminal.event == "done"
+        _, a = await messages(client, user.access_token, first.conversation_id)
+        # One token left: the regenerate may start; it spends as the first reply did.
+        again = await regenerate(client, user.access_token, first.conversation_id, a["id"])
+        assert again.terminal.event == "done"
+        usage = (await client.get("/api/v1/auth/me/usage", headers=user.headers)).json()
+        assert usage["budget"]["spent_today"] == 2 * cost
+        refused = await regenerate(client, user.access_token, first.conversation_id, a["id"])
+        assert refused.status == 429 and refused.body["code"] == "QUOTA_EXCEEDED"
+        assert "text/event-stream" not in refused.headers["content-type"]
+        items = await messages(client, user.access_token, first.conversation_id)
+        assert items[1]["sibling_count"] == 2  # the refused one stored nothing
+
+
+async def test_regenerate_counts_in_the_running_replies_cap(settings, ai_settings, fake_anthropic):
+    from tests.conftest import serve
+    from tests.test_budgets import new_user
+
+    s = settings.model_copy(
+        update={**ai_settings, "user_max_running_replies": 1, "rate_limit_enabled": False}
+    )
+    async with serve(s) as (app, url), httpx.AsyncClient(base_url=url, timeout=30) as client:
+        user = await new_user(app)
+        token = user.access_token
+        first = await send(client, token, "q [[tokens:2]]")
+        _, a = await messages(client, token, first.conversation_id)
+        reader, task = background_send(client, token, "other [[tokens:300]] [[delay:20]]")
+        await eventually(lambda: len(reader.tokens) >= 1)
+        refused = await regenerate(client, token, first.conversation_id, a["id"])
+        assert refused.status == 429 and refused.body["code"] == "TOO_MANY_GENERATIONS"
+        assert refused.headers["retry-after"] == "1"
+        stop = await client.post(
+            f"{CHAT}/conversations/{reader.conversation_id}/stop", headers=auth(token)
+        )
+        assert stop.status_code == 200
+        await asyncio.wait_for(task, 5)
+        allowed = await regenerate(client, token, first.conversation_id, a["id"])
+        assert allowed.status == 200 and allowed.terminal.event == "done"
