@@ -4,7 +4,7 @@ Every existing conversation becomes a single branch: its messages, in their orde
 (created_at, id), each the child of the one before, all on the active branch.
 
 Revision ID: 0003
-Revises: 0005
+Revises: 0002
 Create Date: 2026-12-07 13:10:00
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
-down_revision: str | None = "0005"  # ids are per issue; 0004 and 0005 landed first
+down_revision: str | None = "0002"  # ids are per issue: 0004, 0005 and 0002 landed first
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
