@@ -94,7 +94,9 @@ async function showChat() {
   });
   reloadConversations();
   loadModels();
-  await thread.open(hashConversation());
+  // A person quick enough may have sent a message already: never drop its reply.
+  const wanted = hashConversation();
+  if (!thread.busy() && wanted !== thread.currentId()) await thread.open(wanted);
   markCurrent();
   if (document.activeElement === document.body) $("message").focus();
 }
