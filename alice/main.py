@@ -13,7 +13,6 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from sse_starlette.sse import AppStatus
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from alice.api import errors, openapi, ops, pages
@@ -51,9 +50,7 @@ def raise_open_file_limit() -> None:
 
 
 def shutdown_requested() -> bool:
-    """SIGTERM or SIGINT reached uvicorn (as sse-starlette detects it, for its streams)."""
-    if AppStatus.should_exit:
-        return True
+    """SIGTERM or SIGINT reached uvicorn (its server is the bound signal handler's self)."""
     server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
     return bool(getattr(server, "should_exit", False))
 
@@ -64,6 +61,7 @@ async def _start_shutdown_at_sigterm(services: Services) -> None:
     while not shutdown_requested():  # noqa: ASYNC110 - a flag set by a signal handler
         await asyncio.sleep(0.25)
     services.generations.begin_shutdown(services.settings.shutdown_grace_seconds)
+    services.replies.server_closing()
 
 
 def build_services(settings: Settings, metrics: Metrics) -> Services:

@@ -408,3 +408,25 @@ async def test_unexpected_provider_bug_ends_reply_instead_of_leaving_it_streamin
         rows = (await session.execute(select(Message).where(Message.role == "assistant"))).scalars()
         (reply,) = list(rows)
     assert reply.status == "incomplete" and reply.content == "partial "
+
+
+async def test_an_open_stream_sends_a_ping_comment_every_sse_ping_seconds(settings, ai_settings):
+    s2 = settings.model_copy(update={**ai_settings, "sse_ping_seconds": 0.2})
+    async with serve(s2) as (app, url):
+        user = await app.state.services.auth.register("ping@example.com", "SecurePass123", None)
+        import httpx
+
+        headers = {"Authorization": f"Bearer {user.access_token}"}
+        body = {"content": "[[tokens:2]] [[delay:1500]]"}
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=30) as client,
+            client.stream("POST", f"{CHAT}/message", json=body, headers=headers) as resp,
+        ):
+            text = (await resp.aread()).decode()
+    # 1.5 s between the two tokens: a comment line every 0.2 s meanwhile (never in an event).
+    blocks = text.split("\n\n")
+    assert blocks[-1] == ""
+    first, second = (i for i, b in enumerate(blocks) if "event: token" in b)
+    between = blocks[first + 1 : second]
+    assert 4 <= len(between) <= 9 and set(between) == {": ping"}
+    assert all(b.startswith(("retry: ", "id: ", ": ping")) for b in blocks[:-1])

@@ -281,13 +281,55 @@ async def test_mark_lost_only_as_next_seq(log: EventLog) -> None:
     assert not await log.mark_lost(uuid.uuid4(), lost)
 
 
+def sse(gen: uuid.UUID, entries: list[Entry]) -> bytes:
+    return b"".join(
+        f"id: {gen}:{e.seq}\nevent: {e.event}\ndata: {e.data}\n\n".encode() for e in entries
+    )
+
+
+async def read_frames(reader, timeout: float = 5.0) -> bytes:  # type: ignore[no-untyped-def]
+    """Every frame to the terminal one, waiting on `changed` between takes."""
+    out = b""
+    async with asyncio.timeout(timeout):
+        while not reader.ended:
+            chunk, _ = reader.take()
+            out += chunk
+            if not chunk and not reader.ended:
+                await asyncio.wait([reader.changed()])
+    await reader.aclose()
+    return out
+
+
+async def test_frames_are_encoded_once_and_a_reader_behind_takes_all_waiting_at_once(
+    log: EventLog,
+) -> None:
+    gen, entries = await started(log, 3)
+    reader = log.frames(gen, 1)
+    chunk, tokens = reader.take()
+    assert chunk == sse(gen, entries[1:]) and tokens == 3  # three events, one write
+    assert reader.take() == (b"", 0)
+    changed = reader.changed()
+    assert not changed.done()
+    log.append(gen, token(3))
+    assert changed.done()
+    assert reader.take() == (sse(gen, [token(3)]), 1)
+    assert not reader.ended
+    await log.finish(gen, done(6))
+    assert reader.take() == (sse(gen, [done(6)]), 0)
+    assert reader.ended
+    # The frames are the bytes every reader gets: a second reader from 0 gets them all.
+    assert await read_frames(log.frames(gen, 0)) == sse(gen, [*entries, token(3), done(6)])
+    with pytest.raises(KeyError):
+        await read_frames(log.frames(uuid.uuid4(), 0))
+
+
 # -- memory internals: a mirror fed out of order never skips a gap ------------------------
 
 
 async def test_mirror_waits_at_a_gap_then_resumes() -> None:
     from alice.services.eventlog.memory import GenLog
 
-    mirror = GenLog(100)
+    mirror = GenLog(100, uuid.uuid4())
     all_entries = [conversation()] + [token(i) for i in range(5)] + [done(7)]
     assert mirror.offer([all_entries[0], all_entries[1], all_entries[3]]) == 4
     it = mirror.follower(0)
@@ -334,6 +376,25 @@ async def test_ping_says_whether_redis_answers(redis_env: RedisEnv) -> None:
     down = await redis_env.make("down", url="redis://127.0.0.1:1/0", connect_timeout=0.2)
     assert await up.ping() is True
     assert await down.ping() is False
+
+
+@needs_redis
+async def test_frames_through_another_process(redis_env: RedisEnv) -> None:
+    a = await redis_env.make("a")
+    b = await redis_env.make("b")
+    gen, entries = await started(a, 3)
+    assert await a.flush(2)
+    reading = asyncio.create_task(read_frames(b.frames(gen, 2)))
+    for i in range(3, 30):
+        entries.append(token(i))
+        a.append(gen, entries[-1])
+        await asyncio.sleep(0.002)
+    entries.append(done(len(entries) + 1))
+    await a.finish(gen, entries[-1])
+    assert await reading == sse(gen, entries[2:])
+    assert not len(b.mirrors)  # released when the reader closed
+    with pytest.raises(KeyError):
+        await read_frames(b.frames(uuid.uuid4(), 0))
 
 
 @needs_redis

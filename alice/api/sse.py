@@ -1,50 +1,103 @@
-"""The SSE response that sends a reply's feed (`services/replies.py`) as SPEC section 6 says."""
+"""The `text/event-stream` response that sends a reply's feed (`services/replies.py`), as
+SPEC section 6 says: a plain ASGI response.
+
+Per stream it holds one task (the wait for the client's disconnect) and waits on futures
+shared by every reader of the reply; the keep-alive ping is the timeout of that wait, not a
+task of its own, and each write is one `send` of every frame waiting (no cancel scope per
+send). sse-starlette ran four tasks and a cancel scope per send for each stream: see
+README "Performance devices" for the figures.
+"""
 
 from __future__ import annotations
 
-from contextlib import suppress
+import asyncio
+from typing import Any
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import Message as ASGIMessage
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from alice.services.replies import ReplyFeed
 
-_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_PING = b": ping\n\n"
+_END: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
-class _EventStream(EventSourceResponse):
-    """An EventSourceResponse that always ends its body. At server shutdown sse-starlette
-    cancels its tasks and returns without the last (empty) body message: the client saw a cut
-    chunked body and uvicorn logged an error for every open stream. Ending it here closes the
-    stream cleanly, without a terminal event, so that the client re-attaches elsewhere."""
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class FeedResponse(Response):
+    """Sends a :class:`ReplyFeed`: its frames as they come, a `: ping` comment after every
+    `ping_seconds` of silence. It ends after the terminal event, when the client leaves, when
+    the feed's time is up, and at server shutdown (at once for a reply generated elsewhere;
+    for one generated here, when it ends, within its grace), always with a well-formed end of
+    the body, so a client without the terminal event re-attaches."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, feed: ReplyFeed) -> None:
+        # Not Response.__init__: a body of unknown length has no Content-Length.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(_HEADERS)
+        self._feed = feed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ended = False
-
-        async def tracking_send(message: ASGIMessage) -> None:
-            nonlocal ended
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                ended = True
-            await send(message)
-
-        await super().__call__(scope, receive, tracking_send)
-        if not ended:
-            with suppress(Exception):  # the client may be gone already
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _ping() -> ServerSentEvent:
-    return ServerSentEvent(comment="ping", sep="\n")
-
-
-def feed_response(feed: ReplyFeed) -> EventSourceResponse:
-    """The `text/event-stream` response that sends a reply's feed, with keep-alive pings."""
-    return _EventStream(
-        feed.frames,
-        headers=_HEADERS,
-        ping=feed.ping_seconds,
-        sep="\n",
-        ping_message_factory=_ping if feed.ping_seconds else None,
-        shutdown_grace_period=feed.shutdown_grace,
-    )
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+        feed = self._feed
+        if scope.get("method") == "HEAD":
+            await send(start)
+            await send(_END)
+            await feed.close()
+            return
+        loop = asyncio.get_running_loop()
+        disconnected = loop.create_task(_until_disconnect(receive))
+        ping = feed.ping_seconds
+        deadline = feed.deadline
+        closing = feed.closing
+        try:
+            await send(start)
+            next_ping = loop.time() + ping if ping > 0 else None
+            while True:
+                chunk = feed.take()
+                if chunk is None:
+                    break
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if disconnected.done():
+                        break
+                    continue
+                now = loop.time()
+                if closing is not None and closing.done():
+                    # Shutting down: a reply generated elsewhere closes now (its client
+                    # re-attaches to another process); one generated here has its grace.
+                    closing = None
+                    end = now + feed.shutdown_grace
+                    deadline = end if deadline is None else min(deadline, end)
+                if deadline is not None and now >= deadline:
+                    break
+                timeout = None
+                if next_ping is not None:
+                    timeout = max(next_ping - now, 0)
+                if deadline is not None:
+                    timeout = deadline - now if timeout is None else min(timeout, deadline - now)
+                waits: list[asyncio.Future[Any]] = [feed.changed(), disconnected]
+                if closing is not None:
+                    waits.append(closing)
+                done, _ = await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
+                if disconnected in done:
+                    break
+                if next_ping is not None and loop.time() >= next_ping:
+                    await send({"type": "http.response.body", "body": _PING, "more_body": True})
+                    next_ping = loop.time() + ping
+            if not disconnected.done():
+                await send(_END)
+        finally:
+            disconnected.cancel()
+            await feed.close()

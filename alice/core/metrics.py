@@ -124,8 +124,8 @@ class Metrics:
     def stream_closed(self) -> None:
         self.open_streams.dec()
 
-    def token_streamed(self) -> None:
-        self.tokens_streamed.inc()
+    def tokens_sent(self, n: int) -> None:
+        self.tokens_streamed.inc(n)
 
     def reply_started(self) -> None:
         self.replies_running.inc()

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from alice.core.config import Settings
 from alice.core.errors import StreamUnavailableError, ValidationFailedError
@@ -37,11 +37,12 @@ from alice.services.chat import (
     ReplyStart,
     message_response,
 )
-from alice.services.eventlog.base import EventLog, LogUnavailableError
+from alice.services.eventlog.base import EventLog, FrameReader, LogUnavailableError
 from alice.services.generation import GenerationRegistry
 from alice.services.slots import UNCOUNTED
 
 RETRY_MS = 1000
+_RETRY = b"retry: %d\n" % RETRY_MS
 STOP_WAIT_SECONDS = 5.0
 _POLL_SECONDS = 0.1
 # A key's reply found running with no log yet (see `_log_started`): wait this long for it.
@@ -67,24 +68,111 @@ def parse_cursor(value: str, field: str) -> ReplyCursor:
         raise ValidationFailedError(field, "The event id is not valid.") from None
 
 
-def frame(message_id: str, seq: int, event: str, data: str, first: bool) -> bytes:
-    """One SSE event as sent: `retry` on a stream's first, `id: <message_id>:<seq>`."""
-    retry = f"retry: {RETRY_MS}\n" if first else ""
-    return f"{retry}id: {message_id}:{seq}\nevent: {event}\ndata: {data}\n\n".encode()
+def frame(message_id: str, seq: int, event: str, data: str) -> bytes:
+    """One SSE event as sent, `id: <message_id>:<seq>` (a stream's first gets `retry` before)."""
+    return f"id: {message_id}:{seq}\nevent: {event}\ndata: {data}\n\n".encode()
 
 
-@dataclass(frozen=True, slots=True)
+class _OneFrame:
+    """A frame reader of a single, final frame (a snapshot)."""
+
+    __slots__ = ("_frame", "ended")
+
+    def __init__(self, frame: bytes) -> None:
+        self._frame = frame
+        self.ended = False
+
+    def take(self) -> tuple[bytes, int]:
+        frame, self._frame = self._frame, b""
+        self.ended = True
+        return frame, 0
+
+    def changed(self) -> asyncio.Future[None]:
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def aclose(self) -> None:
+        return None
+
+
 class ReplyFeed:
-    """A reply's SSE frames from a cursor, ready to send.
+    """A reply's SSE frames from a cursor, for `api/sse.py` to send: `take` every frame
+    waiting (one bytes, b"" when none; None once the feed is over: after the terminal event,
+    or when the log is gone or unreachable, and the client re-attaches), `changed` to wait
+    for more.
 
-    `ping_seconds`: keep-alive comment interval (0: none). `shutdown_grace`: how long the
-    stream stays open once the server shuts down (a reply generated here ends with
-    SERVER_SHUTTING_DOWN within it; one generated elsewhere closes at once, without a terminal
-    event, and its client re-attaches to another process)."""
+    `ping_seconds`: keep-alive comment interval (0: none). `deadline` (loop time): a
+    re-attach is closed without a terminal event then. `closing`: set at server shutdown,
+    when the feed closes at once if the reply is generated elsewhere (its client re-attaches
+    to another process), or after `shutdown_grace` if it is generated here (it ends with
+    SERVER_SHUTTING_DOWN within that)."""
 
-    frames: AsyncIterator[bytes]
-    ping_seconds: float
-    shutdown_grace: float
+    __slots__ = (
+        "_reader",
+        "_on_close",
+        "_first",
+        "_over",
+        "_ended",
+        "_count",
+        "ping_seconds",
+        "shutdown_grace",
+        "deadline",
+        "closing",
+    )
+
+    def __init__(
+        self,
+        reader: FrameReader,
+        *,
+        ping_seconds: float,
+        shutdown_grace: float = 0,
+        deadline: float | None = None,
+        closing: asyncio.Future[None] | None = None,
+        count_tokens: Callable[[int], None] | None = None,
+        on_close: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._reader = reader
+        self._count = count_tokens
+        self._on_close = on_close
+        self._first = True
+        self._over = False
+        self._ended = False
+        self.ping_seconds = ping_seconds
+        self.shutdown_grace = shutdown_grace
+        self.deadline = deadline
+        self.closing = closing
+
+    def take(self) -> bytes | None:
+        if self._over:
+            return None
+        try:
+            chunk, tokens = self._reader.take()
+        except (KeyError, LogUnavailableError):
+            chunk, tokens = b"", 0
+            self._over = True
+        if self._reader.ended:
+            self._ended = True
+            self._over = True
+        if not chunk:
+            return None if self._over else b""
+        if self._first:
+            self._first = False
+            chunk = _RETRY + chunk
+        if tokens and self._count is not None:
+            self._count(tokens)
+        return chunk
+
+    def changed(self) -> asyncio.Future[Any]:
+        return self._reader.changed()
+
+    async def close(self) -> None:
+        """Release the reader; `on_close(ended)` runs once."""
+        on_close, self._on_close = self._on_close, None
+        self._over = True
+        await self._reader.aclose()
+        if on_close is not None:
+            on_close(self._ended)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +204,7 @@ class ReplyService:
         self._metrics = metrics
         # The per-user budgets (SPEC 15), checked before anything is stored or streamed.
         self._budgets = budgets
+        self._closing: asyncio.Future[None] | None = None
 
     # --- starting and re-attaching ------------------------------------------------------------
 
@@ -318,45 +407,47 @@ class ReplyService:
         a terminal event after `max_seconds`, or when the log is gone or unreachable (the
         client re-attaches, elsewhere if need be). `on_client_left` runs when the reader goes
         before the terminal event."""
-        log = self._log
         metrics = self._metrics
         generations = self._generations
-        mid = str(message_id)
-        local = generations.is_local(message_id)
+        metrics.stream_opened(reattach)
+        generations.reader_joined(message_id)
 
-        async def frames() -> AsyncIterator[bytes]:
-            first = True
-            ended = False
-            metrics.stream_opened(reattach)
-            generations.reader_joined(message_id)
-            try:
-                with suppress(TimeoutError, KeyError, LogUnavailableError):
-                    async with asyncio.timeout(max_seconds):
-                        async for entry in log.follow(message_id, after):
-                            yield frame(mid, entry.seq, entry.event, entry.data, first)
-                            first = False
-                            if entry.event == "token":
-                                metrics.token_streamed()
-                            if entry.terminal:
-                                ended = True
-            finally:
-                metrics.stream_closed()
-                generations.reader_left(message_id)
-                if not ended and on_client_left is not None:
-                    on_client_left(message_id)
+        def on_close(ended: bool) -> None:
+            metrics.stream_closed()
+            generations.reader_left(message_id)
+            if not ended and on_client_left is not None:
+                on_client_left(message_id)
 
-        grace = self._settings.shutdown_grace_seconds + 5 if local else 0
-        return ReplyFeed(frames(), self._settings.sse_ping_seconds, grace)
+        loop = asyncio.get_running_loop()
+        return ReplyFeed(
+            self._log.frames(message_id, after),
+            ping_seconds=self._settings.sse_ping_seconds,
+            shutdown_grace=(
+                self._settings.shutdown_grace_seconds + 5 if generations.is_local(message_id) else 0
+            ),
+            deadline=None if max_seconds is None else loop.time() + max_seconds,
+            closing=self._closing_future(),
+            count_tokens=metrics.tokens_sent,
+            on_close=on_close,
+        )
+
+    def server_closing(self) -> None:
+        """The server is shutting down (SIGTERM): feeds of replies generated elsewhere close
+        now, those of replies generated here once the reply ends (within its grace)."""
+        closing = self._closing_future()
+        if not closing.done():
+            closing.set_result(None)
+
+    def _closing_future(self) -> asyncio.Future[None]:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+        return self._closing
 
     def _snapshot(self, message: Message) -> ReplyFeed:
         """A finished reply past its retention: one `snapshot` event with the stored message."""
         data = message_response(message).model_dump_json()
         seq = message.event_seq or 1
-
-        async def frames() -> AsyncIterator[bytes]:
-            yield frame(str(message.id), seq, "snapshot", data, True)
-
-        return ReplyFeed(frames(), 0, 0)
+        return ReplyFeed(_OneFrame(frame(str(message.id), seq, "snapshot", data)), ping_seconds=0)
 
     # --- stopping -------------------------------------------------------------------------------
 

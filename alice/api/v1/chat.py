@@ -17,7 +17,7 @@ from alice.api.deps import (
 from alice.api.errors import responses
 from alice.api.openapi import operation_id
 from alice.api.responses import ModelResponse
-from alice.api.sse import feed_response
+from alice.api.sse import FeedResponse
 from alice.core.errors import ErrorCode
 from alice.models import MessageStatus
 from alice.schemas.chat import (
@@ -74,7 +74,7 @@ _GET_LAST_EVENT_ID = Annotated[
 def _answer(feed: ReplyFeed | None) -> Response:
     if feed is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return feed_response(feed)
+    return FeedResponse(feed)
 
 
 @router.post(

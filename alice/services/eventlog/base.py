@@ -7,11 +7,12 @@ terminal entry; any number of readers follow it from a cursor, live, to the term
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 TERMINAL_EVENTS: frozenset[str] = frozenset({"done", "error", "snapshot"})
 
@@ -46,6 +47,28 @@ class Follower(Protocol):
     def __aiter__(self) -> Follower: ...
 
     async def __anext__(self) -> Entry: ...
+
+    async def aclose(self) -> None: ...
+
+
+class FrameReader(Protocol):
+    """A reader of one log's SSE frames from a cursor (what the SSE responses send): each
+    event's frame (`id`, `event`, `data`) was encoded once, when it entered the log."""
+
+    @property
+    def ended(self) -> bool:
+        """The terminal event has been taken."""
+        ...
+
+    def take(self) -> tuple[bytes, int]:
+        """Every frame waiting after the position, as one bytes (b"" when none), and how many
+        of them are `token` events. KeyError when the log went away without a terminal event,
+        LogUnavailableError when it cannot be reached."""
+        ...
+
+    def changed(self) -> asyncio.Future[Any]:
+        """Done once `take` may have more; shared by the log's readers: never cancel it."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -90,6 +113,11 @@ class EventLog(ABC):
         the terminal entry. Raises KeyError (before yielding anything) when the log is unknown
         here, or later if it vanishes without a terminal entry (expired, dropped);
         LogUnavailableError when the backend cannot be reached to start reading."""
+
+    @abstractmethod
+    def frames(self, gen_id: uuid.UUID, after: int) -> FrameReader:
+        """The log's SSE frames after ``after``, for a response (see :class:`FrameReader`);
+        the same rules as :meth:`follow`."""
 
     @abstractmethod
     async def state(self, gen_id: uuid.UUID) -> LogState | None:

@@ -15,6 +15,7 @@ from alice.services.eventlog.base import (
     Entry,
     EventLog,
     Follower,
+    FrameReader,
     LogState,
     StopHandler,
 )
@@ -38,14 +39,20 @@ def _event_id(name: str) -> int:
     return event_id
 
 
-class GenLog:
-    """One generation's entries, kept compactly: seq is implied by the position, the data of all
-    entries is one UTF-8 buffer with an end offset per entry, the event name one byte (about 43
-    bytes per token entry, 44 KiB for a 1,024-token reply). Bounded by ``cap`` non-terminal
-    entries plus the terminal one; never a wrapping ring (a replay from seq 0 needs the start).
+_TOKEN = _event_id("token")
+_TERMINAL = frozenset(_event_id(name) for name in sorted(TERMINAL_EVENTS))
 
-    Readers wait on one ``asyncio.Event`` per log, created only while someone waits and replaced
-    on every wake-up, so an append with no waiting reader wakes nobody.
+
+class GenLog:
+    """One reply's events, each kept as the SSE frame it is sent as (`id`, `event`, `data`),
+    encoded once, when it enters the log: every reader is handed the same bytes, and a reader
+    that finds several waiting takes them as one slice. Seq is implied by the position; the
+    frames are one buffer with an end offset per entry, the event name one byte. Bounded by
+    ``cap`` non-terminal entries plus the terminal one; never a wrapping ring (a replay from
+    seq 0 needs the start).
+
+    Readers wait on one future per log, created only while someone waits and replaced on every
+    wake-up, so an append with no waiting reader wakes nobody.
     """
 
     __slots__ = (
@@ -53,6 +60,7 @@ class GenLog:
         "_ends",
         "_kinds",
         "_waiter",
+        "_prefix",
         "cap",
         "finished",
         "gone",
@@ -60,11 +68,12 @@ class GenLog:
         "stop_requested",
     )
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, gen_id: object) -> None:
         self._buf = bytearray()
         self._ends = array("I")
         self._kinds = bytearray()
-        self._waiter: asyncio.Event | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._prefix = f"id: {gen_id}:"
         self.cap = cap
         self.finished = False
         self.gone = False
@@ -81,18 +90,35 @@ class GenLog:
     def entry(self, seq: int) -> Entry:
         i = seq - 1
         start = self._ends[i - 1] if i else 0
-        data = self._buf[start : self._ends[i]].decode()
-        return Entry(seq, _EVENT_NAMES[self._kinds[i]], data)
+        name = _EVENT_NAMES[self._kinds[i]]
+        # The frame is `<prefix><seq>\nevent: <name>\ndata: <data>\n\n`.
+        skip = len(self._prefix) + len(str(seq)) + 8 + len(name) + 7
+        data = self._buf[start + skip : self._ends[i] - 2].decode()
+        return Entry(seq, name, data)
+
+    def frames(self, after: int) -> tuple[bytes, int, int, bool]:
+        """Every frame after seq ``after``, as one bytes: (frames, last seq in them, how many
+        are `token` events, whether the terminal one is among them)."""
+        last = len(self._kinds)
+        if after >= last:
+            return b"", after, 0, False
+        start = self._ends[after - 1] if after > 0 else 0
+        chunk = bytes(self._buf[start : self._ends[last - 1]])
+        kinds = self._kinds[after:last]
+        return chunk, last, kinds.count(_TOKEN), kinds[-1] in _TERMINAL
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
-            waiter.set()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _store(self, entry: Entry) -> None:
         kind = _event_id(entry.event)
-        self._buf += entry.data.encode()
+        self._buf += (
+            f"{self._prefix}{entry.seq}\nevent: {entry.event}\ndata: {entry.data}\n\n".encode()
+        )
         self._ends.append(len(self._buf))
         self._kinds.append(kind)
         if entry.event in TERMINAL_EVENTS:
@@ -135,12 +161,17 @@ class GenLog:
         self.gone = True
         self._wake()
 
-    async def wait(self) -> None:
-        """Wait for the next change (an entry, the end, or the log going away)."""
+    def changed(self) -> asyncio.Future[None]:
+        """Done at the next change (an entry, the end, or the log going away); shared by every
+        reader waiting, so never cancel it (`asyncio.wait` does not; `wait` shields it)."""
         waiter = self._waiter
         if waiter is None:
-            waiter = self._waiter = asyncio.Event()
-        await waiter.wait()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
+    async def wait(self) -> None:
+        """Wait for the next change (an entry, the end, or the log going away)."""
+        await asyncio.shield(self.changed())
 
     def follower(self, after: int, key: object = None) -> LogFollower:
         return LogFollower(self, after, key)
@@ -182,6 +213,45 @@ class LogFollower:
         return None
 
 
+class FrameFollower:
+    """Reads a :class:`GenLog`'s frames from a cursor for an SSE response: `take` returns
+    every frame waiting, as one bytes (one write however far behind the reader is); `wait`
+    returns once there may be more. Cancellation-safe: a cancelled `wait` loses nothing."""
+
+    __slots__ = ("_log", "_pos", "_key", "ended")
+
+    def __init__(self, log: GenLog, after: int, key: object = None) -> None:
+        self._log = log
+        self._pos = max(int(after), 0)
+        self._key = key
+        self.ended = False
+
+    def take(self) -> tuple[bytes, int]:
+        """(every frame after the position, how many of them are `token` events); b"" when
+        none is waiting. KeyError when the log went away without a terminal event."""
+        chunk, self._pos, tokens, terminal = self._log.frames(self._pos)
+        if terminal:
+            self.ended = True
+        elif not chunk and self._log.gone:
+            raise KeyError(self._key)
+        return chunk, tokens
+
+    def changed(self) -> asyncio.Future[None]:
+        log = self._log
+        if self._pos < log.last_seq or log.finished or log.gone:
+            return _done()
+        return log.changed()
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _done() -> asyncio.Future[None]:
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
+
+
 class _Failing:
     """An iterator whose first ``__anext__`` raises (unknown log, backend down)."""
 
@@ -196,8 +266,16 @@ class _Failing:
     async def __anext__(self) -> Entry:
         raise self._exc
 
+    def take(self) -> tuple[bytes, int]:
+        raise self._exc
+
+    def changed(self) -> asyncio.Future[None]:
+        return _done()
+
     async def aclose(self) -> None:
         return None
+
+    ended = False
 
 
 class MemoryEventLog(EventLog):
@@ -279,7 +357,7 @@ class MemoryEventLog(EventLog):
     async def create(self, gen_id: uuid.UUID, meta: dict[str, str]) -> None:
         if gen_id in self._logs:
             raise ValueError(f"generation {gen_id} already has a log")
-        log = GenLog(self.max_events)
+        log = GenLog(self.max_events, gen_id)
         self._logs[gen_id] = log
         self._schedule_drop(gen_id, log, self.ttl_seconds)
 
@@ -296,6 +374,12 @@ class MemoryEventLog(EventLog):
         if log is None:
             return _Failing(KeyError(gen_id))
         return log.follower(after, gen_id)
+
+    def frames(self, gen_id: uuid.UUID, after: int) -> FrameReader:
+        log = self._logs.get(gen_id)
+        if log is None:
+            return _Failing(KeyError(gen_id))
+        return FrameFollower(log, after, gen_id)
 
     async def state(self, gen_id: uuid.UUID) -> LogState | None:
         log = self._logs.get(gen_id)

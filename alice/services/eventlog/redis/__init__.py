@@ -39,6 +39,7 @@ from alice.services.eventlog.base import (
     Entry,
     EventLog,
     Follower,
+    FrameReader,
     LogState,
     LogUnavailableError,
     StopHandler,
@@ -276,6 +277,11 @@ class RedisEventLog(EventLog):
         if local is not None:
             return local.follower(after, gen_id)
         return self.mirrors.follow(gen_id, after)
+
+    def frames(self, gen_id: uuid.UUID, after: int) -> FrameReader:
+        if self._local.get(gen_id) is not None:
+            return self._local.frames(gen_id, after)
+        return self.mirrors.frames(gen_id, after)
 
     # -- stop ----------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from alice.services.eventlog.base import Entry, LogState, LogUnavailableError
-from alice.services.eventlog.memory import GenLog, LogFollower
+from alice.services.eventlog.memory import FrameFollower, GenLog, LogFollower
 from alice.services.eventlog.redis.keys import DOWN_ERRORS, Keys, Warner
 
 
@@ -31,7 +31,7 @@ class _Mirror:
         self.gen = gen
         self.key = keys.events(gen)
         self.meta_key = keys.meta(gen)
-        self.log = GenLog(cap)
+        self.log = GenLog(cap, gen)
         self.readers = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.read_from = 0  # highest stream seq seen (the XREAD cursor)
@@ -76,6 +76,63 @@ class RemoteFollower:
         except BaseException:
             self._release()
             raise
+
+    async def aclose(self) -> None:
+        self._release()
+
+    def __del__(self) -> None:
+        try:
+            self._release()
+        except Exception:  # noqa: S110 - never raise from a finalizer
+            pass
+
+
+class RemoteFrames:
+    """The frames of a remote reply for an SSE response, read from its mirror (see
+    :class:`FrameReader`); holds a reader count on the mirror like :class:`RemoteFollower`."""
+
+    __slots__ = ("_mirrors", "_mirror", "_after", "_inner", "_released", "__weakref__")
+
+    def __init__(self, mirrors: Mirrors, mirror: _Mirror, after: int) -> None:
+        self._mirrors = mirrors
+        self._mirror = mirror
+        self._after = after
+        self._inner: FrameFollower | None = None
+        self._released = False
+        mirror.readers += 1
+
+    @property
+    def ended(self) -> bool:
+        return self._inner is not None and self._inner.ended
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._mirror.readers -= 1
+            if self._mirror.readers <= 0:
+                self._mirrors.drop(self._mirror)
+
+    def take(self) -> tuple[bytes, int]:
+        if self._inner is None:
+            ready = self._mirror.ready
+            if not ready.done():
+                return b"", 0
+            try:
+                ready.result()  # the catch-up's failure (unknown log, Redis down) is ours
+            except BaseException:
+                self._release()
+                raise
+            self._inner = FrameFollower(self._mirror.log, self._after, self._mirror.gen)
+        try:
+            return self._inner.take()
+        except KeyError:
+            self._release()
+            raise
+
+    def changed(self) -> asyncio.Future[Any]:
+        if self._inner is None:
+            return self._mirror.ready  # take() then starts reading, or raises its failure
+        return self._inner.changed()
 
     async def aclose(self) -> None:
         self._release()
@@ -143,13 +200,19 @@ class Mirrors:
         return None
 
     def follow(self, gen_id: uuid.UUID, after: int) -> RemoteFollower:
+        return RemoteFollower(self, self._mirror_of(gen_id), after)
+
+    def _mirror_of(self, gen_id: uuid.UUID) -> _Mirror:
         mirror = self._mirrors.get(gen_id)
         if mirror is None:
             mirror = _Mirror(gen_id, self._keys, self._max_events)
             self._mirrors[gen_id] = mirror
             self._to_load.append(mirror)
             self._load_wake.set()
-        return RemoteFollower(self, mirror, after)
+        return mirror
+
+    def frames(self, gen_id: uuid.UUID, after: int) -> RemoteFrames:
+        return RemoteFrames(self, self._mirror_of(gen_id), after)
 
     def drop(self, mirror: _Mirror) -> None:
         mirror.tailing = False
