@@ -155,7 +155,7 @@ async def main() -> None:
                 next_sample += 1.0
                 ops_samples.append((await info(raw))["instantaneous_ops_per_sec"])
             await asyncio.sleep(0.01)
-        queued_at_end = len(owner._queue)
+        queued_at_end = owner.writer.queued
         flushed = await owner.flush(30)
         elapsed = time.monotonic() - t0
         cpu = time.process_time() - cpu0

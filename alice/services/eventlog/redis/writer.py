@@ -2,8 +2,9 @@
 
 Appends never wait for Redis: they are queued, and one writer task sends the queue every
 ≤ 20 ms (or at 256 entries) as ONE call of `batch.lua`, which does the XADDs in order, so a
-batch costs one round trip and one reply. Explicit ids `0-<seq>` fence a second writer:
-Redis refuses an id that is taken, and the log then writes no more of that reply.
+batch costs one round trip and one reply (packed by hand: `resp.py` says why). Explicit ids
+`0-<seq>` fence a second writer: Redis refuses an id that is taken, and the log then writes
+no more of that reply.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from redis.exceptions import ResponseError
 
 from alice.services.eventlog.base import TERMINAL_EVENTS, Entry, LogUnavailableError
 from alice.services.eventlog.redis.keys import DOWN_ERRORS, Keys, Warner
+from alice.services.eventlog.redis.resp import bulk, send_script
 from alice.services.eventlog.redis.scripts import register
 
 logger = logging.getLogger("alice.services.eventlog.redis")
 
 _X, _META, _FIN, _FLUSH = 0, 1, 2, 3
+# The record kinds of batch.lua, packed.
+_X_, _R, _F, _M = (bulk(kind) for kind in (b"x", b"r", b"f", b"m"))
 
 
 class _Op:
@@ -83,6 +87,7 @@ class Writer:
         self._max_pending = max_pending
         # Replies written here; True once fenced (another writer) or over the queue limit.
         self._skip: dict[uuid.UUID, bool] = {}
+        self._packed: dict[uuid.UUID, tuple[bytes, bytes, bytes]] = {}
         self._queue: deque[_Op] = deque()
         self._wake = asyncio.Event()  # something queued
         self._full = asyncio.Event()  # a batch is full, or a flush is awaited
@@ -99,6 +104,7 @@ class Writer:
 
     def forget(self, gen_id: uuid.UUID) -> None:
         self._skip.pop(gen_id, None)
+        self._packed.pop(gen_id, None)
 
     def _enqueue(self, op: _Op) -> None:
         self._queue.append(op)
@@ -109,6 +115,11 @@ class Writer:
     @property
     def pending(self) -> bool:
         return bool(self._queue)
+
+    @property
+    def queued(self) -> int:
+        """Writes queued and not yet sent."""
+        return len(self._queue)
 
     async def flush(self, wait_seconds: float | None = None) -> bool:
         """Wait until everything queued so far is written; False if not within the wait."""
@@ -189,30 +200,54 @@ class Writer:
             ops.append(op)
         return ops
 
-    async def send_batch(self, keys: list[str], args: list[Any]) -> Any:
-        """One call of the batch script; its reply lists the refused records."""
-        return await self._batch_script(keys=keys, args=args)
+    async def send_batch(self, keys: list[bytes], args: list[bytes]) -> Any:
+        """One call of the batch script (keys and args packed); its reply lists the refused
+        records."""
+        return await send_script(self._redis, self._batch_script, keys, args)
+
+    def _packed_keys(self, gen: uuid.UUID) -> tuple[bytes, bytes, bytes]:
+        """The reply's keys (events, meta, stop) as bulk strings, packed once per reply."""
+        packed = self._packed.get(gen)
+        if packed is None:
+            names = self._keys
+            packed = (
+                bulk(names.events(gen).encode()),
+                bulk(names.meta(gen).encode()),
+                bulk(names.stop(gen).encode()),
+            )
+            if gen in self._skip:  # written here: kept until its log is dropped
+                self._packed[gen] = packed
+        return packed
 
     async def _write_batch(self, ops: list[_Op]) -> None:
-        keys: list[str] = []
-        args: list[Any] = [self._ttl_ms, self._retention_ms, self._cap]
+        keys: list[bytes] = []
+        args: list[bytes] = [
+            bulk(b"%d" % self._ttl_ms),
+            bulk(b"%d" % self._retention_ms),
+            bulk(b"%d" % self._cap),
+        ]
         records: list[_Op] = []
-        names = self._keys
         for op in ops:
             gen, entry = op.gen, op.entry
             if gen is None:
                 continue
             if op.kind == _X and entry is not None:
-                keys.append(names.events(gen))
-                args += ("r" if op.retried else "x", f"0-{entry.seq}", entry.event, entry.data)
+                keys.append(self._packed_keys(gen)[0])
+                data = entry.data.encode()
+                args += (
+                    _R if op.retried else _X_,
+                    bulk(b"0-%d" % entry.seq),
+                    bulk(entry.event.encode()),
+                    b"$%d\r\n%s\r\n" % (len(data), data),
+                )
             elif op.kind == _FIN and entry is not None:
-                keys += (names.events(gen), names.meta(gen), names.stop(gen))
-                args += ("f", f"0-{entry.seq}", entry.seq)
+                keys += self._packed_keys(gen)
+                args += (_F, bulk(b"0-%d" % entry.seq), bulk(b"%d" % entry.seq))
             elif op.kind == _META and op.meta is not None:
-                keys.append(names.meta(gen))
-                args += ("m", len(op.meta))
+                keys.append(self._packed_keys(gen)[1])
+                args += (_M, bulk(b"%d" % len(op.meta)))
                 for field, value in op.meta.items():
-                    args += (field, str(value))
+                    args += (bulk(field.encode()), bulk(str(value).encode()))
             else:
                 continue
             records.append(op)
