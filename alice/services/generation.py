@@ -133,6 +133,7 @@ class GenerationRegistry:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._readers: dict[uuid.UUID, int] = {}
         self._shutdown: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         event_log.set_stop_handler(self._on_stop)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -171,6 +172,8 @@ class GenerationRegistry:
         tasks = [r.task for r in self._runs.values() if r.task]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
+        if self._ticker is not None:
+            self._ticker.cancel()
 
     @property
     def running(self) -> int:
@@ -220,6 +223,8 @@ class GenerationRegistry:
         run = Run(message_id, conversation_id, user_id, start.context, model=start.model, slot=slot)
         self._runs[message_id] = run
         run.task = asyncio.create_task(self._run(run), name=f"alice-reply-{message_id}")
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._beat_forever(), name="alice-heartbeats")
         self._metrics.reply_started()
 
     async def request_stop(self, message_id: uuid.UUID, last_index: int | None) -> None:
@@ -265,7 +270,6 @@ class GenerationRegistry:
         deadline = loop.time() + settings.generation_max_seconds
         idle = settings.ai_timeout_seconds
         stream = self._provider.stream(settings.system_prompt, run.context, run.model or None)
-        heartbeat = asyncio.create_task(self._heartbeat(run), name=f"alice-hb-{run.message_id}")
         outcome = Outcome.COMPLETE
         mid = run.message_id
         append = self._log.append
@@ -329,7 +333,6 @@ class GenerationRegistry:
                 outcome = run.stop[0]
         finally:
             run.finalizing = True
-            heartbeat.cancel()
             # Closing the generator closes the HTTP request to the provider.
             with suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(_aclose(stream))
@@ -478,35 +481,40 @@ class GenerationRegistry:
                 await asyncio.sleep(0.2 * 2**attempt)
         return None
 
-    async def _heartbeat(self, run: Run) -> None:
+    async def _beat_forever(self) -> None:
+        """One ticker for every reply of the process (not a task per reply): every
+        heartbeat interval, each running reply's text so far is saved."""
         every = self._settings.generation_heartbeat_seconds
-        while True:
+        while self._runs:
             await asyncio.sleep(every)
-            # Text and position are taken together: the saved content covers exactly `seq`.
-            text, seq = "".join(run.parts), run.seq
-            # The tokens so far too: what the reaper charges if this process dies.
-            tokens = {
-                "input_tokens": run.input_tokens,
-                "output_tokens": max(run.output_tokens or 0, len(run.parts)),
-            }
-            try:
-                async with transaction(self._sessions) as session:
-                    result = await session.execute(
-                        update(Message)
-                        .where(
-                            Message.id == run.message_id, Message.status == MessageStatus.STREAMING
-                        )
-                        .values(content=text, event_seq=seq, heartbeat_at=self._now(), **tokens)
-                    )
-            except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
-                log.warning("heartbeat of reply %s failed", run.message_id, exc_info=True)
-                continue
-            if rowcount(result) == 0 and not run.finalizing:
-                log.warning("reply %s was ended elsewhere; abandoning it", run.message_id)
-                if run.stop is None and run.task is not None:
-                    run.stop = (Outcome.ABANDONED, None)
-                    run.task.cancel()
-                return
+            for run in list(self._runs.values()):
+                if not run.finalizing:
+                    await self._beat(run)
+        self._ticker = None
+
+    async def _beat(self, run: Run) -> None:
+        # Text and position are taken together: the saved content covers exactly `seq`.
+        text, seq = "".join(run.parts), run.seq
+        # The tokens so far too: what the reaper charges if this process dies.
+        tokens = {
+            "input_tokens": run.input_tokens,
+            "output_tokens": max(run.output_tokens or 0, len(run.parts)),
+        }
+        try:
+            async with transaction(self._sessions) as session:
+                result = await session.execute(
+                    update(Message)
+                    .where(Message.id == run.message_id, Message.status == MessageStatus.STREAMING)
+                    .values(content=text, event_seq=seq, heartbeat_at=self._now(), **tokens)
+                )
+        except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
+            log.warning("heartbeat of reply %s failed", run.message_id, exc_info=True)
+            return
+        if rowcount(result) == 0 and not run.finalizing:
+            log.warning("reply %s was ended elsewhere; abandoning it", run.message_id)
+            if run.stop is None and run.task is not None:
+                run.stop = (Outcome.ABANDONED, None)
+                run.task.cancel()
 
     def _now(self) -> Any:
         # PostgreSQL's clock for every process on one database; SQLite processes share a host.
