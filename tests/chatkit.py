@@ -174,11 +174,14 @@ def background_stream(
             kwargs["params"] = params
         async with aconnect_sse(client, method, url, **kwargs) as source:
             out.headers = source.response.headers
-            out.status = source.response.status_code
-            if out.status != 200:
+            if source.response.status_code != 200:
+                # The status is set only once the body is read: a caller waiting for the
+                # status then reads the body too.
                 await source.response.aread()
                 out.body = source.response.json() if source.response.content else None
+                out.status = source.response.status_code
                 return out
+            out.status = source.response.status_code
             async for event in source.aiter_sse():
                 out.events.append(event)
         return out
