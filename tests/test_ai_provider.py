@@ -367,16 +367,24 @@ async def test_closing_the_generator_closes_the_provider_request_within_a_second
 
 
 async def test_the_connection_pool_does_not_cap_concurrent_streams(
-    fake: FakeAnthropicServer, provider: AnthropicProvider
+    fake: FakeAnthropicServer,
 ) -> None:
     tag, _ = tagged()
     n = 1010  # past the SDK default of 1000 connections
     peak_before = fake.peak_streams
+    # Each stream waits 5 s between its two deltas (so all are open at once): the read
+    # timeout must be well past that gap, or a busy loop turns the wait into a timeout.
+    provider = AnthropicProvider(
+        make_settings(anthropic_base_url=fake.base_url, ai_timeout_seconds=30)
+    )
 
     async def one(i: int) -> Result:
         return await collect(provider, f"{tag} {i} [[tokens:2]] [[delay:5000]]")
 
-    results = await asyncio.gather(*(one(i) for i in range(n)))
+    try:
+        results = await asyncio.gather(*(one(i) for i in range(n)))
+    finally:
+        await provider.aclose()
 
     assert all(r.error is None and r.text == expected_text(2) for r in results)
     assert len(records(fake, tag)) == n

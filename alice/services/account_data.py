@@ -25,6 +25,7 @@ from alice.models import (
     Session,
     User,
 )
+from alice.models.message import SIBLING_COUNT
 from alice.schemas.auth import UserResponse
 from alice.schemas.chat import ConversationResponse
 from alice.services.accounts import AccountService
@@ -139,11 +140,14 @@ class AccountData:
             after = (page[-1].created_at, page[-1].id)
 
     async def _messages(self, conversation_id: uuid.UUID) -> AsyncIterator[list[Any]]:
-        """A conversation's messages, oldest first, in keyset batches (plain rows)."""
+        """A conversation's messages, oldest first, in keyset batches (plain rows, each with its
+        `sibling_count`, as `message_response` reads it)."""
         table = Message.__table__
         after: tuple[datetime, uuid.UUID] | None = None
         while True:
-            stmt = select(table).where(table.c.conversation_id == conversation_id)
+            stmt = select(table, SIBLING_COUNT.label("sibling_count")).where(
+                table.c.conversation_id == conversation_id
+            )
             if after is not None:
                 stmt = stmt.where(
                     or_(
