@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics_dir = _multiprocess_metrics_dir() if args.workers > 1 else None
     try:
         uvicorn.run(
-            "alice.main:create_app",
+            "alice.main:served_app",
             factory=True,
             host=args.host or settings.host,
             port=args.port or settings.port,

@@ -175,3 +175,29 @@ async def test_metrics_are_prometheus_text(client, user):
         "alice_generation_unattended_tokens_total",
     ):
         assert name in text, name
+
+
+async def test_the_served_app_settles_the_garbage_collector_and_a_plain_app_does_not(tmp_path):
+    """`alice serve`'s app (alice.main.served_app) freezes what start-up built and raises the
+    collector's thresholds once started; apps built by tests keep Python's defaults."""
+    import gc
+
+    from alice.main import GC_THRESHOLDS
+
+    settings = Settings(
+        env="test",
+        secret_key="k" * 40,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'gc.db'}",
+        data_dir=tmp_path,
+    )
+    before = gc.get_threshold()
+    assert before != GC_THRESHOLDS
+    async with LifespanManager(create_app(settings), startup_timeout=30):
+        assert gc.get_threshold() == before
+    try:
+        async with LifespanManager(create_app(settings, settle_gc=True), startup_timeout=30):
+            assert gc.get_threshold() == GC_THRESHOLDS
+            assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

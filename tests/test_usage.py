@@ -31,9 +31,11 @@ async def user_id_of(client, headers) -> uuid.UUID:
 
 
 async def add_usage(app, user_id, input_tokens, output_tokens, replies=1) -> None:
-    stmt = app.state.services.usage.record_statement(user_id, input_tokens, output_tokens, replies)
+    stmt, params = app.state.services.usage.record_statement(
+        user_id, input_tokens, output_tokens, replies
+    )
     async with app.state.services.engine.begin() as conn:
-        await conn.execute(stmt)
+        await conn.execute(stmt, params)
 
 
 def test_models_default_to_ai_model_and_must_name_one():

@@ -75,6 +75,17 @@ _CONVERSATION_OWNER_MODEL = select(Conversation.user_id, Conversation.model).whe
 # the row, so such transactions on one conversation run one after the other (SQLite's write
 # lock already does that).
 _CONVERSATION_LOCKED = _CONVERSATION_OWNER_MODEL.with_for_update()
+# The writes of `begin_reply`, built once (a statement built per call costs its cache key).
+_NEW_KEY = insert(IdempotencyKey)
+_NEW_CONVERSATION = insert(Conversation)
+_CONVERSATION_TOUCHED = (
+    update(Conversation)
+    .where(Conversation.id == bindparam("touched_id"))
+    .values(
+        updated_at=bindparam("touched_at", type_=Conversation.__table__.c.updated_at.type),
+        model=bindparam("touched_model", type_=Conversation.__table__.c.model.type),
+    )
+)
 _STREAMING_REPLY = select(Message.id).where(
     Message.conversation_id == bindparam("conversation_id"),
     Message.status == MessageStatus.STREAMING,
@@ -345,27 +356,29 @@ class ChatService:
                     delete(IdempotencyKey).where(key, IdempotencyKey.created_at < now - KEY_LIFE)
                 )
                 conn.execute(
-                    insert(IdempotencyKey).values(
-                        user_id=user_id,
-                        key=idempotency.key,
-                        request_hash=idempotency.request_hash,
-                        conversation_id=conv_id,
-                        message_id=reply_id,
-                        created_at=now,
-                    )
+                    _NEW_KEY,
+                    {
+                        "user_id": user_id,
+                        "key": idempotency.key,
+                        "request_hash": idempotency.request_hash,
+                        "conversation_id": conv_id,
+                        "message_id": reply_id,
+                        "created_at": now,
+                    },
                 )
             parent_id: uuid.UUID | None = None
             depth = sibling_index = 0
             if is_new:
                 conn.execute(
-                    insert(Conversation).values(
-                        id=conv_id,
-                        user_id=user_id,
-                        title=make_title(content),
-                        created_at=now,
-                        updated_at=now,
-                        model=chosen,
-                    )
+                    _NEW_CONVERSATION,
+                    {
+                        "id": conv_id,
+                        "user_id": user_id,
+                        "title": make_title(content),
+                        "created_at": now,
+                        "updated_at": now,
+                        "model": chosen,
+                    },
                 )
             else:
                 conv = self._lock_owned(conn, user_id, conv_id)
@@ -392,9 +405,8 @@ class ChatService:
                 sibling_index = branches.next_sibling_index(conn, conv_id, parent_id)
                 history = branches.ancestors(conn, conv_id, depth, self._context_messages)
                 conn.execute(
-                    update(Conversation)
-                    .where(Conversation.id == conv_id)
-                    .values(updated_at=now, model=chosen)
+                    _CONVERSATION_TOUCHED,
+                    {"touched_id": conv_id, "touched_at": now, "touched_model": chosen},
                 )
             conn.execute(
                 insert(Message),

@@ -21,12 +21,11 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 
 from alice.core.config import Settings
-from alice.core.database import rowcount, transaction
+from alice.core.database import Direct, rowcount
 from alice.core.errors import DEFAULT_DETAIL, AIServiceUnavailableError, ErrorCode
 from alice.core.security import utcnow
 from alice.models import Conversation, Message, MessageStatus
@@ -56,6 +55,45 @@ _ERROR_CODES = {
     Outcome.TIME_LIMIT: ErrorCode.GENERATION_TIME_LIMIT,
     Outcome.SHUTDOWN: ErrorCode.SERVER_SHUTTING_DOWN,
 }
+
+
+# The statements of a reply's end and of the heartbeats, built once (a statement built per
+# call costs its cache key at every call: a tenth of a reply's fixed cost on SQLite).
+_STREAMING = (Message.id == bindparam("end_id"), Message.status == MessageStatus.STREAMING)
+_MESSAGE = Message.__table__.c
+_END = (
+    update(Message)
+    .where(*_STREAMING)
+    .values(
+        status=bindparam("end_status", type_=_MESSAGE.status.type),
+        content=bindparam("end_content", type_=_MESSAGE.content.type),
+        token_count=bindparam("end_token_count", type_=_MESSAGE.token_count.type),
+        input_tokens=bindparam("end_input_tokens", type_=_MESSAGE.input_tokens.type),
+        output_tokens=bindparam("end_output_tokens", type_=_MESSAGE.output_tokens.type),
+        event_seq=bindparam("end_seq", type_=_MESSAGE.event_seq.type),
+        heartbeat_at=None,
+    )
+)
+_DELETE_EMPTY = (
+    delete(Message).where(*_STREAMING).returning(Message.parent_id, Message.active_depth)
+)
+_BEATS_PER_COMMIT = 100
+
+
+def _beat_statement(pg: bool) -> Any:
+    """PostgreSQL's clock for every process on one database; SQLite processes share a host."""
+    at = func.now() if pg else bindparam("beat_at", type_=_MESSAGE.heartbeat_at.type)
+    return (
+        update(Message)
+        .where(Message.id == bindparam("beat_id"), Message.status == MessageStatus.STREAMING)
+        .values(
+            content=bindparam("beat_content", type_=_MESSAGE.content.type),
+            event_seq=bindparam("beat_seq", type_=_MESSAGE.event_seq.type),
+            input_tokens=bindparam("beat_input_tokens", type_=_MESSAGE.input_tokens.type),
+            output_tokens=bindparam("beat_output_tokens", type_=_MESSAGE.output_tokens.type),
+            heartbeat_at=at,
+        )
+    )
 
 
 # One encoder for every event: `json.dumps` with options builds a new one per call, which
@@ -115,6 +153,7 @@ class GenerationRegistry:
         self,
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
+        direct: Direct,
         provider: AIProvider,
         event_log: EventLog,
         metrics: ReplyMetrics | None = None,
@@ -122,6 +161,10 @@ class GenerationRegistry:
     ) -> None:
         self._settings = settings
         self._sessions = sessions
+        # A reply's end and the heartbeats are short transactions of constant statements,
+        # run where they cost least (inline on SQLite, see `Direct`).
+        self._direct = direct
+        self._beat_statement = _beat_statement(not settings.is_sqlite)
         self._provider = provider
         self._log = event_log
         self._metrics: ReplyMetrics = metrics or _NoMetrics()
@@ -440,42 +483,34 @@ class GenerationRegistry:
         """The end state, committed. True: this call ended it; False: it had ended already;
         None: the database could not be reached. `ledger` (the user's usage) is added in the
         same transaction, only by the call that ends the reply."""
+        params = {
+            "end_id": mid,
+            "end_status": status,
+            "end_content": text,
+            "end_token_count": token_count,
+            "end_input_tokens": tokens[0],
+            "end_output_tokens": tokens[1],
+            "end_seq": terminal_seq,
+        }
+
+        def work(conn: Connection) -> bool:
+            if delete_row:
+                gone = conn.execute(_DELETE_EMPTY, params).first()
+                won = gone is not None
+                if gone is not None:
+                    # A failed regenerate: the branch goes on through an older reply.
+                    branches.after_empty_reply_deleted(
+                        conn, gone.parent_id, gone.active_depth is not None
+                    )
+            else:
+                won = bool(rowcount(conn.execute(_END, params)))
+            if won and ledger is not None:
+                conn.execute(*ledger)
+            return won
+
         for attempt in range(_FINALIZE_ATTEMPTS):
             try:
-                async with transaction(self._sessions) as session:
-                    guard = (Message.id == mid, Message.status == MessageStatus.STREAMING)
-                    if delete_row:
-                        deleted = await session.execute(
-                            delete(Message)
-                            .where(*guard)
-                            .returning(Message.parent_id, Message.active_depth)
-                            .execution_options(synchronize_session=False)
-                        )
-                        gone = deleted.first()
-                        won = gone is not None
-                        if gone is not None:
-                            # A failed regenerate: the branch goes on through an older reply.
-                            await session.run_sync(
-                                _continue_branch, gone.parent_id, gone.active_depth is not None
-                            )
-                    else:
-                        result = await session.execute(
-                            update(Message)
-                            .where(*guard)
-                            .values(
-                                status=status,
-                                content=text,
-                                token_count=token_count,
-                                input_tokens=tokens[0],
-                                output_tokens=tokens[1],
-                                event_seq=terminal_seq,
-                                heartbeat_at=None,
-                            )
-                        )
-                        won = bool(rowcount(result))
-                    if won and ledger is not None:
-                        await session.execute(ledger)
-                return won
+                return await self._direct.transaction(work)
             except Exception:  # noqa: BLE001 - retried, then reported to the readers
                 log.warning("saving reply %s failed (attempt %d)", mid, attempt + 1, exc_info=True)
                 await asyncio.sleep(0.2 * 2**attempt)
@@ -483,42 +518,50 @@ class GenerationRegistry:
 
     async def _beat_forever(self) -> None:
         """One ticker for every reply of the process (not a task per reply): every
-        heartbeat interval, each running reply's text so far is saved."""
+        heartbeat interval, each running reply's text so far is saved, `_BEATS_PER_COMMIT`
+        replies to a transaction."""
         every = self._settings.generation_heartbeat_seconds
         while self._runs:
             await asyncio.sleep(every)
-            for run in list(self._runs.values()):
-                if not run.finalizing:
-                    await self._beat(run)
+            runs = [run for run in self._runs.values() if not run.finalizing]
+            for i in range(0, len(runs), _BEATS_PER_COMMIT):
+                await self._beat(runs[i : i + _BEATS_PER_COMMIT])
         self._ticker = None
 
-    async def _beat(self, run: Run) -> None:
-        # Text and position are taken together: the saved content covers exactly `seq`.
-        text, seq = "".join(run.parts), run.seq
-        # The tokens so far too: what the reaper charges if this process dies.
-        tokens = {
-            "input_tokens": run.input_tokens,
-            "output_tokens": max(run.output_tokens or 0, len(run.parts)),
-        }
-        try:
-            async with transaction(self._sessions) as session:
-                result = await session.execute(
-                    update(Message)
-                    .where(Message.id == run.message_id, Message.status == MessageStatus.STREAMING)
-                    .values(content=text, event_seq=seq, heartbeat_at=self._now(), **tokens)
-                )
-        except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
-            log.warning("heartbeat of reply %s failed", run.message_id, exc_info=True)
-            return
-        if rowcount(result) == 0 and not run.finalizing:
-            log.warning("reply %s was ended elsewhere; abandoning it", run.message_id)
-            if run.stop is None and run.task is not None:
-                run.stop = (Outcome.ABANDONED, None)
-                run.task.cancel()
+    async def _beat(self, runs: list[Run]) -> None:
+        """Save the text so far of each of `runs`, in one transaction; a reply whose row is no
+        longer `streaming` was ended elsewhere (the reaper, a delete): it is abandoned."""
+        now = None if self._pg else utcnow()
+        params = []
+        for run in runs:
+            # Text and position are taken together: the saved content covers exactly `seq`.
+            # The tokens so far too: what the reaper charges if this process dies.
+            params.append(
+                {
+                    "beat_id": run.message_id,
+                    "beat_content": "".join(run.parts),
+                    "beat_seq": run.seq,
+                    "beat_input_tokens": run.input_tokens,
+                    "beat_output_tokens": max(run.output_tokens or 0, len(run.parts)),
+                    "beat_at": now,
+                }
+            )
+        statement = self._beat_statement
 
-    def _now(self) -> Any:
-        # PostgreSQL's clock for every process on one database; SQLite processes share a host.
-        return func.now() if self._pg else utcnow()
+        def work(conn: Connection) -> list[int]:
+            return [rowcount(conn.execute(statement, p)) for p in params]
+
+        try:
+            saved = await self._direct.transaction(work)
+        except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
+            log.warning("heartbeat of %d replies failed", len(runs), exc_info=True)
+            return
+        for run, count in zip(runs, saved, strict=True):
+            if count == 0 and not run.finalizing:
+                log.warning("reply %s was ended elsewhere; abandoning it", run.message_id)
+                if run.stop is None and run.task is not None:
+                    run.stop = (Outcome.ABANDONED, None)
+                    run.task.cancel()
 
     # --- the reaper ---------------------------------------------------------------------------
 
@@ -591,10 +634,6 @@ class GenerationRegistry:
                 row.id, Entry(terminal_seq, "error", error_data(ErrorCode.GENERATION_LOST))
             )
         return True
-
-
-def _continue_branch(session: Session, parent_id: uuid.UUID | None, was_active: bool) -> None:
-    branches.after_empty_reply_deleted(session.connection(), parent_id, was_active)
 
 
 async def _aclose(stream: Any) -> None:

@@ -64,7 +64,7 @@ class UsageService:
     def __init__(self, direct: Direct, daily_tokens: int | None, *, sqlite_dialect: bool) -> None:
         self._direct = direct
         self._daily_tokens = daily_tokens
-        self._insert = sqlite.insert if sqlite_dialect else postgresql.insert
+        self._upsert = _ledger_upsert(sqlite.insert if sqlite_dialect else postgresql.insert)
         self.clock: Callable[[], datetime] = _utcnow
 
     def today(self) -> date:
@@ -113,23 +113,37 @@ class UsageService:
 
     def record_statement(
         self, user_id: uuid.UUID, input_tokens: int, output_tokens: int, replies: int
-    ) -> Executable | None:
-        """The statement that adds a reply's tokens to today's row of the ledger, for the
-        caller to run in the transaction that saves the reply's end (None: nothing to add)."""
+    ) -> tuple[Executable, dict[str, Any]] | None:
+        """The statement and parameters that add a reply's tokens to today's row of the
+        ledger, for the caller to run in the transaction that saves the reply's end (None:
+        nothing to add). The statement is built once: its cache key is then computed once,
+        not from a new statement's values at every reply's end."""
         if not (input_tokens or output_tokens or replies):
             return None
-        stmt: Any = self._insert(UsageDay).values(
-            user_id=user_id,
-            day=self.today(),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            replies=replies,
-        )
-        return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
-            index_elements=[UsageDay.user_id, UsageDay.day],
-            set_={
-                "input_tokens": UsageDay.input_tokens + stmt.excluded.input_tokens,
-                "output_tokens": UsageDay.output_tokens + stmt.excluded.output_tokens,
-                "replies": UsageDay.replies + stmt.excluded.replies,
-            },
-        )
+        return self._upsert, {
+            "ledger_user_id": user_id,
+            "ledger_day": self.today(),
+            "ledger_input_tokens": input_tokens,
+            "ledger_output_tokens": output_tokens,
+            "ledger_replies": replies,
+        }
+
+
+def _ledger_upsert(insert: Any) -> Executable:
+    """`insert` (the dialect's, with ON CONFLICT) of a reply's tokens into the user's day,
+    adding to the row that is there."""
+    columns = ("user_id", "day", "input_tokens", "output_tokens", "replies")
+    stmt = insert(UsageDay).values(
+        {
+            name: bindparam(f"ledger_{name}", type_=UsageDay.__table__.c[name].type)
+            for name in columns
+        }
+    )
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=[UsageDay.user_id, UsageDay.day],
+        set_={
+            "input_tokens": UsageDay.input_tokens + stmt.excluded.input_tokens,
+            "output_tokens": UsageDay.output_tokens + stmt.excluded.output_tokens,
+            "replies": UsageDay.replies + stmt.excluded.replies,
+        },
+    )
