@@ -61,6 +61,18 @@ class FeedResponse(Response):
         ping = feed.ping_seconds
         deadline = feed.deadline
         closing = feed.closing
+        # The client leaving and the server closing wake the stream through one future of
+        # its own: `closing` is shared by every stream of the process, and a wait on it
+        # would add and remove a callback there at every wake-up (a scan of all of them).
+        interrupt = loop.create_future()
+
+        def wake(_: object) -> None:
+            if not interrupt.done():
+                interrupt.set_result(None)
+
+        disconnected.add_done_callback(wake)
+        if closing is not None:
+            closing.add_done_callback(wake)
         try:
             await send(start)
             next_ping = loop.time() + ping if ping > 0 else None
@@ -73,11 +85,14 @@ class FeedResponse(Response):
                     if disconnected.done():
                         break
                     continue
+                if disconnected.done():
+                    break
                 now = loop.time()
                 if closing is not None and closing.done():
                     # Shutting down: a reply generated elsewhere closes now (its client
                     # re-attaches to another process); one generated here has its grace.
                     closing = None
+                    interrupt = loop.create_future()
                     end = now + feed.shutdown_grace
                     deadline = end if deadline is None else min(deadline, end)
                 if deadline is not None and now >= deadline:
@@ -87,11 +102,10 @@ class FeedResponse(Response):
                     timeout = max(next_ping - now, 0)
                 if deadline is not None:
                     timeout = deadline - now if timeout is None else min(timeout, deadline - now)
-                waits: list[asyncio.Future[Any]] = [feed.changed(), disconnected]
-                if closing is not None:
-                    waits.append(closing)
-                done, _ = await asyncio.wait(waits, timeout=timeout, return_when="FIRST_COMPLETED")
-                if disconnected in done:
+                await asyncio.wait(
+                    (feed.changed(), interrupt), timeout=timeout, return_when="FIRST_COMPLETED"
+                )
+                if disconnected.done():
                     break
                 if next_ping is not None and loop.time() >= next_ping:
                     await send({"type": "http.response.body", "body": _PING, "more_body": True})
@@ -99,5 +113,7 @@ class FeedResponse(Response):
             if not disconnected.done():
                 await send(_END)
         finally:
+            if feed.closing is not None:
+                feed.closing.remove_done_callback(wake)
             disconnected.cancel()
             await feed.close()
