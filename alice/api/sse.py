@@ -61,14 +61,25 @@ class FeedResponse(Response):
         ping = feed.ping_seconds
         deadline = feed.deadline
         closing = feed.closing
-        # The client leaving and the server closing wake the stream through one future of
-        # its own: `closing` is shared by every stream of the process, and a wait on it
-        # would add and remove a callback there at every wake-up (a scan of all of them).
-        interrupt = loop.create_future()
+        # Each wait is one future of the stream's own, `woken`: set by the feed's next change,
+        # the client leaving, the server closing, or the stream's one timer (the next ping or
+        # the deadline, re-armed only when that time moves). Cheaper per token than
+        # `asyncio.wait` (a waiter, a set, a timer and two callbacks added and removed at
+        # every wake-up), and `closing`, shared by every stream, gets one callback per stream
+        # for its whole life rather than one at every wake-up (a scan of all of them).
+        woken = loop.create_future()
 
-        def wake(_: object) -> None:
-            if not interrupt.done():
-                interrupt.set_result(None)
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        timer: asyncio.TimerHandle | None = None
+        timer_at: float | None = None
+
+        def ring() -> None:
+            nonlocal timer_at
+            timer_at = None  # re-armed at the next wait
+            wake()
 
         disconnected.add_done_callback(wake)
         if closing is not None:
@@ -92,27 +103,33 @@ class FeedResponse(Response):
                     # Shutting down: a reply generated elsewhere closes now (its client
                     # re-attaches to another process); one generated here has its grace.
                     closing = None
-                    interrupt = loop.create_future()
                     end = now + feed.shutdown_grace
                     deadline = end if deadline is None else min(deadline, end)
                 if deadline is not None and now >= deadline:
                     break
-                timeout = None
-                if next_ping is not None:
-                    timeout = max(next_ping - now, 0)
-                if deadline is not None:
-                    timeout = deadline - now if timeout is None else min(timeout, deadline - now)
-                await asyncio.wait(
-                    (feed.changed(), interrupt), timeout=timeout, return_when="FIRST_COMPLETED"
-                )
-                if disconnected.done():
-                    break
-                if next_ping is not None and loop.time() >= next_ping:
+                if next_ping is not None and now >= next_ping:
                     await send({"type": "http.response.body", "body": _PING, "more_body": True})
                     next_ping = loop.time() + ping
+                    continue
+                at = next_ping if deadline is None else min(next_ping or deadline, deadline)
+                if at != timer_at:
+                    if timer is not None:
+                        timer.cancel()
+                    timer, timer_at = (None, None) if at is None else (loop.call_at(at, ring), at)
+                changed = feed.changed()
+                if changed.done():
+                    continue
+                woken = loop.create_future()
+                changed.add_done_callback(wake)
+                try:
+                    await woken
+                finally:
+                    changed.remove_done_callback(wake)
             if not disconnected.done():
                 await send(_END)
         finally:
+            if timer is not None:
+                timer.cancel()
             if feed.closing is not None:
                 feed.closing.remove_done_callback(wake)
             disconnected.cancel()
