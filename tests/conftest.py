@@ -111,15 +111,20 @@ async def _drop_schema(s: Settings) -> None:
     finally:
         await conn.close()
     if s.redis_url:
-        import redis.asyncio as aioredis
+        await delete_redis_keys(s.redis_url, f"*{s.redis_prefix}*")
 
-        r = aioredis.from_url(s.redis_url)
-        try:
-            keys = [k async for k in r.scan_iter(match=f"*{s.redis_prefix}*")]
-            if keys:
-                await r.delete(*keys)
-        finally:
-            await r.aclose()
+
+async def delete_redis_keys(url: str, pattern: str) -> None:
+    """Delete the keys of a test's Redis prefix (`pattern`, as SCAN's MATCH)."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.from_url(url)
+    try:
+        keys = [k async for k in r.scan_iter(match=pattern)]
+        if keys:
+            await r.delete(*keys)
+    finally:
+        await r.aclose()
 
 
 def _plain_pg_url(url: str) -> str:

@@ -5,7 +5,6 @@ and, when configured, on PostgreSQL + Redis (the two processes of test_multiproc
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import PASSWORD
-from tests.test_multiprocess import ALICE, SECRET, Cluster, Proc, cluster  # noqa: F401
+from tests.processes import Proc, migrate, process_env
+from tests.test_multiprocess import cluster  # noqa: F401
 
 AUTH = "/api/v1/auth"
 NEW_PASSWORD = "Fresh-Start-2026"
@@ -23,21 +23,12 @@ NEW_PASSWORD = "Fresh-Start-2026"
 @pytest.fixture(scope="module")
 def sqlite_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Proc]]:
     workdir = tmp_path_factory.mktemp("accounts-sqlite")
-    import os
-
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", str(workdir)),
-        "ALICE_ENV": "development",
-        "ALICE_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'alice.db'}",
-        "ALICE_SECRET_KEY": SECRET,
-        "ALICE_DATA_DIR": str(workdir / "data"),
-        "ALICE_ARGON2_TIME_COST": "1",
-        "ALICE_ARGON2_MEMORY_KIB": "1024",
-        "ALICE_ARGON2_PARALLELISM": "1",
-        "ALICE_RATE_LIMIT_ENABLED": "false",
-    }
-    subprocess.run([str(ALICE), "migrate"], env=env, cwd=workdir, check=True, capture_output=True)
+    env = process_env(
+        workdir,
+        f"sqlite+aiosqlite:///{workdir / 'alice.db'}",
+        ALICE_RATE_LIMIT_ENABLED="false",
+    )
+    migrate(env, workdir)
     a, b = Proc("a", env, workdir).start(), Proc("b", env, workdir).start()
     try:
         a.wait_ready()

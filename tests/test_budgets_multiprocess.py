@@ -4,9 +4,6 @@ one Redis share the running-replies cap (Redis) and the daily budget (the databa
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +12,8 @@ import pytest
 from tests.chatkit import CHAT, background_send, eventually, nonce, send
 from tests.conftest import POSTGRES_URL, REDIS_URL
 from tests.fakes.anthropic_server import DEFAULT_TOKENS
-from tests.test_multiprocess import ALICE, SECRET, Proc, _in_thread, client, register
+from tests.processes import Proc, migrate, postgres_and_redis, process_env
+from tests.test_multiprocess import client, register
 
 pytestmark = pytest.mark.skipif(
     not (POSTGRES_URL and REDIS_URL),
@@ -28,62 +26,29 @@ FIRST_REPLY_COST = 11 + DEFAULT_TOKENS
 
 @pytest.fixture(scope="module")
 def pair(fake_anthropic: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Proc]]:
-    import asyncpg
-
-    assert POSTGRES_URL and REDIS_URL
-    plain = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
-    tag = uuid.uuid4().hex[:10]
-    dbname = f"alice_budget_{tag}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(plain)
-        try:
-            await conn.execute(f'CREATE DATABASE "{dbname}"')
-        finally:
-            await conn.close()
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(plain)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    base, _, _ = POSTGRES_URL.rpartition("/")
     workdir = tmp_path_factory.mktemp("budgets")
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", str(workdir)),
-        "ALICE_ENV": "development",
-        "ALICE_DATABASE_URL": f"{base}/{dbname}",
-        "ALICE_REDIS_URL": REDIS_URL,
-        "ALICE_REDIS_PREFIX": f"alice-budget-{tag}",
-        "ALICE_SECRET_KEY": SECRET,
-        "ALICE_DATA_DIR": str(workdir / "data"),
-        "ANTHROPIC_API_KEY": "test-key",
-        "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
-        "ALICE_ARGON2_TIME_COST": "1",
-        "ALICE_ARGON2_MEMORY_KIB": "1024",
-        "ALICE_ARGON2_PARALLELISM": "1",
-        # The budgets hold with every request limit off.
-        "ALICE_RATE_LIMIT_ENABLED": "false",
-        "ALICE_USER_MAX_RUNNING_REPLIES": str(CAP),
-        "ALICE_USER_DAILY_TOKENS": str(FIRST_REPLY_COST),
-    }
-    _in_thread(create)
-    procs: list[Proc] = []
-    try:
-        subprocess.run(
-            [str(ALICE), "migrate"], env=env, cwd=workdir, check=True, capture_output=True
+    with postgres_and_redis("alice-budget") as storage:
+        env = process_env(
+            workdir,
+            storage.pop("ALICE_DATABASE_URL"),
+            **storage,
+            ANTHROPIC_API_KEY="test-key",
+            ANTHROPIC_BASE_URL=fake_anthropic.base_url,
+            # The budgets hold with every request limit off.
+            ALICE_RATE_LIMIT_ENABLED="false",
+            ALICE_USER_MAX_RUNNING_REPLIES=str(CAP),
+            ALICE_USER_DAILY_TOKENS=str(FIRST_REPLY_COST),
         )
-        procs = [Proc(name, env, workdir).start() for name in ("a", "b")]
-        for proc in procs:
-            proc.wait_ready(timeout=90)  # a loaded machine has taken 30 s to start one
-        yield procs
-    finally:
-        for proc in procs:
-            proc.stop()
-        _in_thread(drop)
+        migrate(env, workdir)
+        procs: list[Proc] = []
+        try:
+            procs = [Proc(name, env, workdir).start() for name in ("a", "b")]
+            for proc in procs:
+                proc.wait_ready()
+            yield procs
+        finally:
+            for proc in procs:
+                proc.stop()
 
 
 async def test_running_replies_cap_holds_across_two_processes(pair):

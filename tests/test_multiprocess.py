@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,101 +35,14 @@ from tests.chatkit import (
 )
 from tests.conftest import PASSWORD, POSTGRES_URL, REDIS_URL
 from tests.fakes.anthropic_server import expected_text
+from tests.processes import Proc, migrate, postgres_and_redis, process_env
 
 pytestmark = pytest.mark.skipif(
     not (POSTGRES_URL and REDIS_URL),
     reason="needs ALICE_TEST_POSTGRES_URL and ALICE_TEST_REDIS_URL",
 )
 
-ALICE = Path(sys.executable).parent / "alice"
 HEARTBEAT = 1.0
-SECRET = "multiprocess-test-secret-key-of-at-least-32-bytes"
-
-
-# --- processes ------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _in_thread(fn: Any) -> Any:
-    """Run an async function to its end in a thread of its own (not in a test's loop)."""
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["value"] = asyncio.run(fn())
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            out["error"] = exc
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
-
-
-@dataclass
-class Proc:
-    name: str
-    env: dict[str, str]
-    workdir: Path
-    port: int = field(default_factory=_free_port)
-    popen: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"{self.name}.log"
-
-    def start(self) -> Proc:
-        log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            [str(ALICE), "serve", "--port", str(self.port)],
-            env=self.env,
-            cwd=self.workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        return self
-
-    def wait_ready(self, timeout: float = 30.0) -> Proc:
-        assert self.popen is not None
-        until = time.monotonic() + timeout
-        while time.monotonic() < until:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not answer /health:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(15)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(5)
 
 
 @dataclass
@@ -154,72 +62,30 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(fake_anthropic: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Two `alice serve` processes, A and B, on a database of their own and one Redis."""
-    import asyncpg
-
-    assert POSTGRES_URL and REDIS_URL
-    plain = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
-    tag = uuid.uuid4().hex[:10]
-    dbname = f"alice_mp_{tag}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(plain)
-        try:
-            await conn.execute(f'CREATE DATABASE "{dbname}"')
-        finally:
-            await conn.close()
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(plain)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        finally:
-            await conn.close()
-        import redis.asyncio as aioredis
-
-        r = aioredis.from_url(REDIS_URL)
-        try:
-            keys = [k async for k in r.scan_iter(match=f"alice-mp-{tag}*")]
-            if keys:
-                await r.delete(*keys)
-        finally:
-            await r.aclose()
-
-    base, _, _ = POSTGRES_URL.rpartition("/")
     workdir = tmp_path_factory.mktemp("multiprocess")
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", str(workdir)),
-        "ALICE_ENV": "development",
-        "ALICE_DATABASE_URL": f"{base}/{dbname}",
-        "ALICE_REDIS_URL": REDIS_URL,
-        "ALICE_REDIS_PREFIX": f"alice-mp-{tag}",
-        "ALICE_SECRET_KEY": SECRET,
-        "ALICE_DATA_DIR": str(workdir / "data"),
-        "ANTHROPIC_API_KEY": "test-key",
-        "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
-        "ALICE_ARGON2_TIME_COST": "1",
-        "ALICE_ARGON2_MEMORY_KIB": "1024",
-        "ALICE_ARGON2_PARALLELISM": "1",
-        "ALICE_GENERATION_HEARTBEAT_SECONDS": str(HEARTBEAT),
-        "ALICE_SHUTDOWN_GRACE_SECONDS": "2",
-        "ALICE_RATE_LIMIT_ENABLED": "true",
-        "ALICE_FORWARDED_ALLOW_IPS": "127.0.0.1",
-    }
-    _in_thread(create)
-    cluster = Cluster(env, workdir)
-    try:
-        subprocess.run(
-            [str(ALICE), "migrate"], env=env, cwd=workdir, check=True, capture_output=True
+    with postgres_and_redis("alice-mp") as storage:
+        env = process_env(
+            workdir,
+            storage.pop("ALICE_DATABASE_URL"),
+            **storage,
+            ANTHROPIC_API_KEY="test-key",
+            ANTHROPIC_BASE_URL=fake_anthropic.base_url,
+            ALICE_GENERATION_HEARTBEAT_SECONDS=str(HEARTBEAT),
+            ALICE_SHUTDOWN_GRACE_SECONDS="2",
+            ALICE_RATE_LIMIT_ENABLED="true",
+            ALICE_FORWARDED_ALLOW_IPS="127.0.0.1",
         )
-        cluster.a = cluster.spawn("a")
-        cluster.b = cluster.spawn("b")
-        cluster.a.wait_ready()
-        cluster.b.wait_ready()
-        yield cluster
-    finally:
-        for proc in cluster.procs:
-            proc.stop()
-        _in_thread(drop)
+        migrate(env, workdir)
+        cluster = Cluster(env, workdir)
+        try:
+            cluster.a = cluster.spawn("a")
+            cluster.b = cluster.spawn("b")
+            cluster.a.wait_ready()
+            cluster.b.wait_ready()
+            yield cluster
+        finally:
+            for proc in cluster.procs:
+                proc.stop()
 
 
 # --- helpers ---------------------------------------------------------------------------------

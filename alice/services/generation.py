@@ -526,6 +526,8 @@ class GenerationRegistry:
             runs = [run for run in self._runs.values() if not run.finalizing]
             for i in range(0, len(runs), _BEATS_PER_COMMIT):
                 await self._beat(runs[i : i + _BEATS_PER_COMMIT])
+                # An inline transaction does not yield: let the streams go on between two.
+                await asyncio.sleep(0)
         self._ticker = None
 
     async def _beat(self, runs: list[Run]) -> None:
