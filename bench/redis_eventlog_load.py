@@ -208,4 +208,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # The event loop of `alice serve` (uvicorn's, uvloop where it is installed, as it is
+    # here): the owner and the reader process are measured on the loop they run on.
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
