@@ -38,18 +38,16 @@ class _Mirror:
         self.tailing = False
 
 
-class RemoteFollower:
-    """A reader of a remote reply: holds a reader count on the mirror until it ends, is
-    closed, or is garbage collected; waits on memory only. Cancellation-safe like
-    :class:`LogFollower`."""
+class _MirrorReader:
+    """What every reader of a remote reply shares: a reader count held on the mirror until the
+    reader ends, is closed, or is garbage collected (the last one out drops the mirror)."""
 
-    __slots__ = ("_mirrors", "_mirror", "_after", "_inner", "_released", "__weakref__")
+    __slots__ = ("_mirrors", "_mirror", "_after", "_released", "__weakref__")
 
     def __init__(self, mirrors: Mirrors, mirror: _Mirror, after: int) -> None:
         self._mirrors = mirrors
         self._mirror = mirror
         self._after = after
-        self._inner: LogFollower | None = None
         self._released = False
         mirror.readers += 1
 
@@ -59,6 +57,26 @@ class RemoteFollower:
             self._mirror.readers -= 1
             if self._mirror.readers <= 0:
                 self._mirrors.drop(self._mirror)
+
+    async def aclose(self) -> None:
+        self._release()
+
+    def __del__(self) -> None:
+        try:
+            self._release()
+        except Exception:  # noqa: S110 - never raise from a finalizer
+            pass
+
+
+class RemoteFollower(_MirrorReader):
+    """A reader of a remote reply's entries; waits on memory only. Cancellation-safe like
+    :class:`LogFollower`."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, mirrors: Mirrors, mirror: _Mirror, after: int) -> None:
+        super().__init__(mirrors, mirror, after)
+        self._inner: LogFollower | None = None
 
     def __aiter__(self) -> RemoteFollower:
         return self
@@ -77,40 +95,20 @@ class RemoteFollower:
             self._release()
             raise
 
-    async def aclose(self) -> None:
-        self._release()
 
-    def __del__(self) -> None:
-        try:
-            self._release()
-        except Exception:  # noqa: S110 - never raise from a finalizer
-            pass
-
-
-class RemoteFrames:
+class RemoteFrames(_MirrorReader):
     """The frames of a remote reply for an SSE response, read from its mirror (see
-    :class:`FrameReader`); holds a reader count on the mirror like :class:`RemoteFollower`."""
+    :class:`FrameReader`)."""
 
-    __slots__ = ("_mirrors", "_mirror", "_after", "_inner", "_released", "__weakref__")
+    __slots__ = ("_inner",)
 
     def __init__(self, mirrors: Mirrors, mirror: _Mirror, after: int) -> None:
-        self._mirrors = mirrors
-        self._mirror = mirror
-        self._after = after
+        super().__init__(mirrors, mirror, after)
         self._inner: FrameFollower | None = None
-        self._released = False
-        mirror.readers += 1
 
     @property
     def ended(self) -> bool:
         return self._inner is not None and self._inner.ended
-
-    def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._mirror.readers -= 1
-            if self._mirror.readers <= 0:
-                self._mirrors.drop(self._mirror)
 
     def take(self) -> tuple[bytes, int]:
         if self._inner is None:
@@ -133,15 +131,6 @@ class RemoteFrames:
         if self._inner is None:
             return self._mirror.ready  # take() then starts reading, or raises its failure
         return self._inner.changed()
-
-    async def aclose(self) -> None:
-        self._release()
-
-    def __del__(self) -> None:
-        try:
-            self._release()
-        except Exception:  # noqa: S110 - never raise from a finalizer
-            pass
 
 
 def parse_entries(items: Any) -> list[Entry]:
