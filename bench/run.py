@@ -729,50 +729,17 @@ def figure_walk(env: Env, plan: Plan, user: User) -> list[Figure]:
     t = time.monotonic()
     conv_id = seed_long_conversation(env, user, plan.walk_messages)
     seed_seconds = time.monotonic() - t
-    limit = 50
-    job = {
-        "mode": "walk",
-        "port": env.alice_port,
-        "token": user.access,
-        "conversation_id": conv_id,
-        "limit": limit,
-        "max_pages": plan.walk_messages // limit + 5,
-        "max_seconds": 300,
-        "edge_pages": plan.walk_edge_pages,
-        "edge_rounds": 3,
-    }
     log("page cost: walking the conversation, then its first and last pages in turn")
-    r = procs.run_client(job, timeout=360)
-    times = r["times"]
-    k = min(plan.walk_edge_pages, max(len(times) // 4, 1))
-    # The figure: the edge pages fetched again in turn (same moments, same cache state).
-    first = percentile(r["first_again"] or times[:k], 50)
-    last = percentile(r["last_again"] or times[-k:], 50)
-    rr = ratio(last, first)
-    complete = r["items"] == plan.walk_messages and r["error"] is None
     return [
-        Figure(
+        _walk_figure(
+            env,
+            plan,
+            user,
+            {"conversation_id": conv_id},
+            expected=plan.walk_messages,
             key="page_cost_ratio",
             name=f"page cost at depth ({plan.walk_messages:,} msgs, limit 50)",
-            unit="ms/page",
-            value=None if last is None else last * 1000,
-            baseline=None if first is None else first * 1000,
-            baseline_label=f"median of the first {k} pages (in turn with the last)",
-            ratio=rr,
-            target="last/first <= 1.2",
-            met=None if rr is None else (rr <= 1.2 and complete),
-            detail={
-                "pages": r["pages"],
-                "items": r["items"],
-                "error": r["error"],
-                "edge_pages": k,
-                "all_pages_ms": summary_ms(times),
-                "walk_first_pages_ms": summary_ms(times[:k]),
-                "walk_last_pages_ms": summary_ms(times[-k:]),
-                "edge_fetches_each": len(r["first_again"]),
-                "seed_seconds": round(seed_seconds, 2),
-                "value_is": f"median of the last {k} pages, fetched in turn with the first",
-            },
+            extra={"seed_seconds": round(seed_seconds, 2)},
         )
     ]
 
@@ -781,50 +748,81 @@ def figure_search(env: Env, plan: Plan, user: User) -> list[Figure]:
     """Search pages walked over the walk's conversation: every one of its messages holds
     "lorem", on its active branch and its side branches, so the walk pages through all of
     them, newest first."""
-    assert env.alice is not None
-    limit = 50
     # Search covers every branch (SPEC 15): the side branches' messages are hits too.
     hits = plan.walk_messages + plan.walk_messages // SIDE_BRANCH_EVERY * SIDE_BRANCH_LENGTH
+    log("search cost: walking the search pages of one word, then the first and last in turn")
+    return [
+        _walk_figure(
+            env,
+            plan,
+            user,
+            {"path": f"/api/v1/chat/search?q=lorem&limit={WALK_LIMIT}"},
+            expected=hits,
+            key="search_page_cost_ratio",
+            name=f"search page cost at depth ({hits:,} hits, limit {WALK_LIMIT})",
+        )
+    ]
+
+
+WALK_LIMIT = 50
+
+
+def _walk_figure(
+    env: Env,
+    plan: Plan,
+    user: User,
+    target: dict[str, Any],
+    *,
+    expected: int,
+    key: str,
+    name: str,
+    extra: dict[str, Any] | None = None,
+) -> Figure:
+    """Every page of `target` (a conversation's messages, or a `path`), then its first and
+    last pages again in turn: the last pages' median against the first pages'."""
+    assert env.alice is not None
     job = {
         "mode": "walk",
         "port": env.alice_port,
         "token": user.access,
-        "path": f"/api/v1/chat/search?q=lorem&limit={limit}",
-        "limit": limit,
-        "max_pages": hits // limit + 5,
+        **target,
+        "limit": WALK_LIMIT,
+        "max_pages": expected // WALK_LIMIT + 5,
         "max_seconds": 300,
         "edge_pages": plan.walk_edge_pages,
         "edge_rounds": 3,
     }
-    log("search cost: walking the search pages of one word, then the first and last in turn")
     r = procs.run_client(job, timeout=360)
     times = r["times"]
     k = min(plan.walk_edge_pages, max(len(times) // 4, 1))
+    # The figure: the edge pages fetched again in turn (same moments, same cache state).
     first = percentile(r["first_again"] or times[:k], 50)
     last = percentile(r["last_again"] or times[-k:], 50)
     rr = ratio(last, first)
-    complete = r["items"] == hits and r["error"] is None
-    return [
-        Figure(
-            key="search_page_cost_ratio",
-            name=f"search page cost at depth ({hits:,} hits, limit 50)",
-            unit="ms/page",
-            value=None if last is None else last * 1000,
-            baseline=None if first is None else first * 1000,
-            baseline_label=f"median of the first {k} pages (in turn with the last)",
-            ratio=rr,
-            target="last/first <= 1.2",
-            met=None if rr is None else (rr <= 1.2 and complete),
-            detail={
-                "pages": r["pages"],
-                "items": r["items"],
-                "error": r["error"],
-                "edge_pages": k,
-                "all_pages_ms": summary_ms(times),
-                "value_is": f"median of the last {k} pages, fetched in turn with the first",
-            },
-        )
-    ]
+    complete = r["items"] == expected and r["error"] is None
+    return Figure(
+        key=key,
+        name=name,
+        unit="ms/page",
+        value=None if last is None else last * 1000,
+        baseline=None if first is None else first * 1000,
+        baseline_label=f"median of the first {k} pages (in turn with the last)",
+        ratio=rr,
+        target="last/first <= 1.2",
+        met=None if rr is None else (rr <= 1.2 and complete),
+        detail={
+            "pages": r["pages"],
+            "items": r["items"],
+            "error": r["error"],
+            "edge_pages": k,
+            "all_pages_ms": summary_ms(times),
+            "walk_first_pages_ms": summary_ms(times[:k]),
+            "walk_last_pages_ms": summary_ms(times[-k:]),
+            "edge_fetches_each": len(r["first_again"]),
+            "value_is": f"median of the last {k} pages, fetched in turn with the first",
+            **(extra or {}),
+        },
+    )
 
 
 def figure_stall(env: Env, plan: Plan, user: User) -> list[Figure]:
