@@ -269,6 +269,9 @@ class GenerationRegistry:
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._beat_forever(), name="alice-heartbeats")
         self._metrics.reply_started()
+        # The reply's task runs first, up to its request to the provider on the wire; the
+        # caller's response (its head, the `conversation` event) goes out meanwhile.
+        await asyncio.sleep(0)
 
     async def request_stop(self, message_id: uuid.UUID, last_index: int | None) -> None:
         """Ask the reply's owner, in whichever process, to stop it."""
