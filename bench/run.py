@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -898,6 +898,11 @@ def _stream_job(env: Env, target: str, n: int, plan: Plan, users: list[User]) ->
     }
 
 
+def _per_reply_ms(r: dict[str, Any], n: int) -> str:
+    cpu = r.get("server_cpu_seconds")
+    return "?" if not cpu else f"{cpu / n * 1000:.2f}"
+
+
 def figure_streams(env: Env, plan: Plan, users: list[User]) -> list[Figure]:
     """Each level on freshly started servers (so that RSS growth is this level's alone), after
     a short warm-up; the bare SSE route (the stack's limit) and the bare relay (the same
@@ -941,6 +946,7 @@ def figure_streams(env: Env, plan: Plan, users: list[User]) -> list[Figure]:
             log(
                 f"  {target}: ok {r['ok']}/{n}, peak open {r['peak_open']}, "
                 f"{r['tokens']} tokens in {r['wall_seconds']:.2f}s, "
+                f"server CPU {_per_reply_ms(r, n)} ms a reply, "
                 f"gap p99 {r['gap_summary']['p99']} ms, failures {r['failures']}"
             )
             level[target] = r
@@ -1111,12 +1117,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only", default="", help=f"comma-separated subset of: {', '.join(GROUPS)}"
     )
+    parser.add_argument(
+        "--stream-tokens",
+        type=int,
+        default=None,
+        help="tokens a reply in the streams figures (default 50): 1 shows a reply's fixed "
+        "cost, a few hundred the cost per token",
+    )
     args = parser.parse_args(argv)
     only = {g.strip() for g in args.only.split(",") if g.strip()} or set(GROUPS)
     unknown = only - set(GROUPS)
     if unknown:
         parser.error(f"unknown figure groups: {', '.join(sorted(unknown))}")
     plan = QUICK if args.quick else FULL
+    if args.stream_tokens is not None:
+        plan = replace(plan, stream_tokens=max(args.stream_tokens, 1))
 
     if procs.can_pin():
         os.sched_setaffinity(0, {LOAD_CORE})
