@@ -57,14 +57,16 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 def settle_garbage_collector() -> None:
     """Once started: what start-up built (modules, models, the app) leaves the collector's
-    view (`gc.freeze`), and young collections run every 50,000 allocations, not 700.
+    view (`gc.freeze`); young collections run every 50,000 allocations (Python: 700), and a
+    full one at most every 100 middle ones (Python: 10).
 
     At 1,000 open streams a process holds some 300,000 objects of its streams; with Python's
     defaults a full collection walked them all (and the start-up's) 0.13-0.3 s at a time,
     a stall every reader saw as a gap, and the collector took 1.2-1.9 s of 6-8 s of CPU.
     With these settings: 0.2 s in all, CPU per stream 8-10 ms -> 7-8.4 ms (1,000 streams of
     50 tokens, `bench/run.py`'s streams job, three runs each). The cost is memory: cyclic
-    garbage lives up to 50,000 allocations longer."""
+    garbage lives longer before a collection finds it (a young cycle up to 50,000
+    allocations; one that survived into the oldest generation until the next full one)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -138,6 +138,25 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
         yield application
 
 
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header of an access token."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_error(
+    resp: httpx.Response, status: int, code: str, field: str | None = None
+) -> dict[str, Any]:
+    """A response in the spec's error shape: `status`, `code`, a detail, and `field` among
+    its errors when given. Returns the body."""
+    assert resp.status_code == status, resp.text
+    body: dict[str, Any] = resp.json()
+    assert body["code"] == code, body
+    assert isinstance(body["detail"], str) and body["detail"], body
+    if field is not None:
+        assert field in [e["field"] for e in body["errors"]], body
+    return body
+
+
 def client_for(app: FastAPI, ip: str = "127.0.0.1") -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, client=(ip, 50000))
     return httpx.AsyncClient(transport=transport, base_url="http://alice.test", timeout=30)

@@ -53,14 +53,14 @@ def in_thread(fn: Any) -> Any:
     return out.get("value")
 
 
-def process_env(workdir: Path, database_url: str, **settings: str) -> dict[str, str]:
+def process_env(workdir: Path, **settings: str) -> dict[str, str]:
     """The environment of a test's `alice serve`: development, cheap Argon2, one secret for
-    every process of the test, then `settings` (ALICE_… names)."""
+    every process of the test, then `settings` (ALICE_… names; ALICE_DATABASE_URL at least)."""
+    assert "ALICE_DATABASE_URL" in settings
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", str(workdir)),
         "ALICE_ENV": "development",
-        "ALICE_DATABASE_URL": database_url,
         "ALICE_SECRET_KEY": SECRET,
         "ALICE_DATA_DIR": str(workdir / "data"),
         "ALICE_ARGON2_TIME_COST": "1",

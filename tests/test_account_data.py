@@ -15,18 +15,9 @@ from sqlalchemy import func, insert, select
 from alice.core.security import utcnow
 from alice.models import Conversation, Message, PasswordReset, RefreshToken, Session, User
 from tests.chatkit import eventually, nonce, provider_request, send
-from tests.conftest import PASSWORD, client_for, serve
+from tests.conftest import PASSWORD, assert_error, bearer, client_for, serve
 
 AUTH = "/api/v1/auth"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def assert_error(resp: httpx.Response, status: int, code: str) -> None:
-    assert resp.status_code == status, resp.text
-    assert resp.json()["code"] == code, resp.text
 
 
 async def delete_me(c: httpx.AsyncClient, token: str, password: str = PASSWORD) -> httpx.Response:

@@ -16,22 +16,10 @@ from fastapi import FastAPI
 
 from alice.core.config import Settings
 from alice.main import create_app
-from tests.conftest import PASSWORD, client_for
+from tests.conftest import PASSWORD, assert_error, bearer, client_for
 
 AUTH = "/api/v1/auth"
 NEW_PASSWORD = "Fresh-Start-2026"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def assert_error(resp: httpx.Response, status: int, code: str, field: str | None = None) -> None:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert body["code"] == code, body
-    if field is not None:
-        assert field in [e["field"] for e in body["errors"]], body
 
 
 async def login(

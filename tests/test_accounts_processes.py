@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, bearer
 from tests.processes import Proc, migrate, process_env
 from tests.test_multiprocess import cluster  # noqa: F401
 
@@ -25,7 +25,7 @@ def sqlite_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc
     workdir = tmp_path_factory.mktemp("accounts-sqlite")
     env = process_env(
         workdir,
-        f"sqlite+aiosqlite:///{workdir / 'alice.db'}",
+        ALICE_DATABASE_URL=f"sqlite+aiosqlite:///{workdir / 'alice.db'}",
         ALICE_RATE_LIMIT_ENABLED="false",
     )
     migrate(env, workdir)
@@ -54,10 +54,6 @@ def pair(request: pytest.FixtureRequest) -> tuple[Proc, Proc]:
 def client(proc: Proc) -> httpx.AsyncClient:
     ip = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.7"
     return httpx.AsyncClient(base_url=proc.url, timeout=30, headers={"X-Forwarded-For": ip})
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def register_and_login(c: httpx.AsyncClient) -> tuple[str, dict[str, Any], dict[str, Any]]:

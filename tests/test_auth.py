@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 
 from alice.core.security import hash_token, utcnow
 from alice.models import RefreshToken, User
-from tests.conftest import PASSWORD, UserSession, client_for
+from tests.conftest import PASSWORD, UserSession, assert_error, client_for
 
 AUTH = "/api/v1/auth"
 
@@ -29,14 +29,6 @@ async def register(client: httpx.AsyncClient, email: str, password: str = PASSWO
 
 async def me(client: httpx.AsyncClient, token: str) -> httpx.Response:
     return await client.get(f"{AUTH}/me", headers={"Authorization": f"Bearer {token}"})
-
-
-def assert_error(resp: httpx.Response, status: int, code: str) -> dict:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert body["code"] == code
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
 
 
 # --- registration and validation -------------------------------------------------------

@@ -30,6 +30,7 @@ from tests.chatkit import (
     send,
 )
 from tests.conftest import PASSWORD, client_for
+from tests.conftest import bearer as auth
 from tests.fakes.anthropic_server import expected_text
 
 # --- helpers -------------------------------------------------------------------------------
@@ -43,10 +44,6 @@ async def unlimited(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncC
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=60):
         async with client_for(app) as client:
             yield app, client
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def edit(

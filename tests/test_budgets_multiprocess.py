@@ -30,7 +30,6 @@ def pair(fake_anthropic: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
     with postgres_and_redis("alice-budget") as storage:
         env = process_env(
             workdir,
-            storage.pop("ALICE_DATABASE_URL"),
             **storage,
             ANTHROPIC_API_KEY="test-key",
             ANTHROPIC_BASE_URL=fake_anthropic.base_url,

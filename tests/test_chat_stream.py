@@ -325,6 +325,59 @@ async def test_reply_ended_elsewhere_is_not_overwritten_by_its_owner(settings, a
     assert row.status == "incomplete" and row.content == "kept by the reaper"
 
 
+async def test_heartbeats_in_batches_save_every_reply_and_abandon_only_the_one_ended_elsewhere(
+    settings, ai_settings, monkeypatch
+):
+    """Heartbeats go several replies to a transaction (2 here, to make 5 replies 3 batches):
+    each running reply's text is saved, and a reply ended elsewhere is abandoned by its owner
+    while the others of its batch go on."""
+    from alice.services import generation
+
+    monkeypatch.setattr(generation, "_BEATS_PER_COMMIT", 2)
+    s2 = settings.model_copy(update={**ai_settings, "generation_heartbeat_seconds": 0.1})
+    async with serve(s2) as (app, url):
+        user = await app.state.services.auth.register("batch@example.com", "SecurePass123", None)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            streams = [
+                await send(
+                    client, user.access_token, "[[tokens:150]] [[delay:20]]", stop_after_tokens=1
+                )
+                for _ in range(5)
+            ]
+            ended = streams[2]
+            async with app.state.services.sessions() as session, session.begin():
+                await session.execute(
+                    update(Message)
+                    .where(Message.id == ended.message_id)
+                    .values(status="incomplete", content="kept by the reaper")
+                )
+            generations = app.state.services.generations
+            await eventually(lambda: not generations.is_local(ended.message_id))
+
+            async def all_saved():
+                replies = []
+                for s in streams:
+                    if s is ended:
+                        continue
+                    items = await messages(client, user.access_token, s.conversation_id)
+                    reply = items[1]
+                    if reply["status"] != "streaming" or not reply["content"]:
+                        return None
+                    replies.append(reply)
+                return replies
+
+            saved = await eventually(all_saved)
+            for reply in saved:
+                n_tokens = int(reply["event_id"].split(":")[1]) - 1
+                assert reply["content"] == expected_text(n_tokens)
+            assert all(generations.is_local(s.message_id) for s in streams if s is not ended)
+            async with app.state.services.sessions() as session:
+                row = await session.get(Message, ended.message_id)
+    assert row.status == "incomplete" and row.content == "kept by the reaper"
+
+
 async def test_mock_provider_streams_word_by_word(app, client, user):
     resp = await client.post(
         f"{CHAT}/message", json={"content": "Hello ALICE!"}, headers=user.headers

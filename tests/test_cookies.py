@@ -12,7 +12,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from alice.main import create_app
-from tests.conftest import PASSWORD, client_for, serve
+from tests.conftest import PASSWORD, assert_error, client_for, serve
 from tests.mailkit import reset_token
 from tests.test_logs import assert_no_secret, record_text, slices, windows
 
@@ -27,11 +27,6 @@ def set_cookie_of(resp: httpx.Response) -> str:
 
 def cookie_value(resp: httpx.Response) -> str:
     return set_cookie_of(resp).split(";", 1)[0].split("=", 1)[1]
-
-
-def assert_error(resp: httpx.Response, status: int, code: str) -> None:
-    assert resp.status_code == status, resp.text
-    assert resp.json()["code"] == code, resp.text
 
 
 async def register_with_cookie(c: httpx.AsyncClient) -> tuple[str, httpx.Response]:

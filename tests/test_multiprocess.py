@@ -34,6 +34,7 @@ from tests.chatkit import (
     send,
 )
 from tests.conftest import PASSWORD, POSTGRES_URL, REDIS_URL
+from tests.conftest import bearer as auth
 from tests.fakes.anthropic_server import expected_text
 from tests.processes import Proc, migrate, postgres_and_redis, process_env
 
@@ -66,7 +67,6 @@ def cluster(fake_anthropic: Any, tmp_path_factory: pytest.TempPathFactory) -> It
     with postgres_and_redis("alice-mp") as storage:
         env = process_env(
             workdir,
-            storage.pop("ALICE_DATABASE_URL"),
             **storage,
             ANTHROPIC_API_KEY="test-key",
             ANTHROPIC_BASE_URL=fake_anthropic.base_url,
@@ -99,10 +99,6 @@ def client(proc: Proc, ip: str | None = None) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=proc.url, timeout=30, headers={"X-Forwarded-For": ip or client_ip()}
     )
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def register(c: httpx.AsyncClient) -> dict[str, Any]:

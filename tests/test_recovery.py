@@ -21,24 +21,12 @@ from sqlalchemy import select
 
 from alice.core.security import utcnow
 from alice.models import PasswordReset
-from tests.conftest import PASSWORD, client_for, serve
+from tests.conftest import PASSWORD, assert_error, bearer, client_for, serve
 from tests.mailkit import make_certificate, reset_token, smtp_server
 
 AUTH = "/api/v1/auth"
 NEW_PASSWORD = "Fresh-Start-2026"
 PUBLIC_URL = "https://alice.example.org"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def assert_error(resp: httpx.Response, status: int, code: str, field: str | None = None) -> None:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert body["code"] == code, body
-    if field is not None:
-        assert field in [e["field"] for e in body["errors"]], body
 
 
 def outbox(settings) -> list[Path]:

@@ -35,6 +35,7 @@ from tests.chatkit import (
     send,
 )
 from tests.conftest import PASSWORD, serve
+from tests.conftest import bearer as auth
 from tests.fakes.anthropic_server import expected_text, token_text
 
 # --- helpers --------------------------------------------------------------------------------
@@ -46,10 +47,6 @@ def seqs(s: Stream) -> list[int]:
 
 def triples(s: Stream) -> list[tuple[str, str, str]]:
     return [(e.id, e.event, e.data) for e in s.events]
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def stop_reply(

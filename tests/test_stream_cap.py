@@ -14,13 +14,10 @@ import pytest
 
 from alice.api.deps import STREAM_SLOTS
 from tests.chatkit import CHAT, Stream, background_send, background_stream, eventually
+from tests.conftest import bearer as auth
 from tests.conftest import serve
 
 CAP = 20
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def open_streams(

@@ -111,7 +111,8 @@ class FeedResponse(Response):
                     await send({"type": "http.response.body", "body": _PING, "more_body": True})
                     next_ping = loop.time() + ping
                     continue
-                at = next_ping if deadline is None else min(next_ping or deadline, deadline)
+                # The stream's next time of its own: the next ping or the deadline, the sooner.
+                at = min((t for t in (next_ping, deadline) if t is not None), default=None)
                 if at != timer_at:
                     if timer is not None:
                         timer.cancel()

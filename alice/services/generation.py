@@ -269,9 +269,6 @@ class GenerationRegistry:
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._beat_forever(), name="alice-heartbeats")
         self._metrics.reply_started()
-        # The reply's task runs first, up to its request to the provider on the wire; the
-        # caller's response (its head, the `conversation` event) goes out meanwhile.
-        await asyncio.sleep(0)
 
     async def request_stop(self, message_id: uuid.UUID, last_index: int | None) -> None:
         """Ask the reply's owner, in whichever process, to stop it."""
@@ -536,21 +533,21 @@ class GenerationRegistry:
     async def _beat(self, runs: list[Run]) -> None:
         """Save the text so far of each of `runs`, in one transaction; a reply whose row is no
         longer `streaming` was ended elsewhere (the reaper, a delete): it is abandoned."""
-        now = None if self._pg else utcnow()
-        params = []
-        for run in runs:
-            # Text and position are taken together: the saved content covers exactly `seq`.
-            # The tokens so far too: what the reaper charges if this process dies.
-            params.append(
-                {
-                    "beat_id": run.message_id,
-                    "beat_content": "".join(run.parts),
-                    "beat_seq": run.seq,
-                    "beat_input_tokens": run.input_tokens,
-                    "beat_output_tokens": max(run.output_tokens or 0, len(run.parts)),
-                    "beat_at": now,
-                }
-            )
+        # PostgreSQL's statement reads the database's clock; SQLite's takes this host's.
+        clock = {} if self._pg else {"beat_at": utcnow()}
+        # Text and position are taken together: the saved content covers exactly `seq`.
+        # The tokens so far too: what the reaper charges if this process dies.
+        params = [
+            {
+                "beat_id": run.message_id,
+                "beat_content": "".join(run.parts),
+                "beat_seq": run.seq,
+                "beat_input_tokens": run.input_tokens,
+                "beat_output_tokens": max(run.output_tokens or 0, len(run.parts)),
+                **clock,
+            }
+            for run in runs
+        ]
         statement = self._beat_statement
 
         def work(conn: Connection) -> list[int]:

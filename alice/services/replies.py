@@ -303,6 +303,10 @@ class ReplyService:
             # The reply did not start (a 404, a 409, a failure): its slot is not held.
             await slot.release()
             raise
+        # The reply's task runs first, up to its request to the provider on the wire; this
+        # response (its head, the `conversation` event) goes out meanwhile. Here, after the
+        # slot's guard: the reply has started and holds its slot whatever happens to this call.
+        await asyncio.sleep(0)
         on_client_left = None
         if self._settings.generation_on_disconnect == "stop":
             on_client_left = self._generations.client_left
