@@ -372,7 +372,7 @@ def sample(text: str, name: str, **labels: str) -> float:
 async def test_metrics_are_summed_over_two_workers(tmp_path):
     """Workers share one socket, so each scrape reaches any one of them: every scrape must
     count the requests that all workers served."""
-    requests = 60
+    round_size = 20
     with alice_serve(tmp_path, "--workers", "2", ALICE_LOG_FORMAT="json") as (url, log_path):
         route = {"method": "GET", "route": "/health", "status": "200"}
         before = sample(scrape(url), "alice_http_requests_total", **route)
@@ -383,13 +383,24 @@ async def test_metrics_are_summed_over_two_workers(tmp_path):
                 resp = await client.get("/health", headers={"X-Request-ID": f"spread-{i}"})
                 assert resp.status_code == 200
 
-        for _ in range(3):
-            await asyncio.gather(*(one(i) for i in range(requests // 3)))
-        await asyncio.sleep(0.3)
-        served_by = {
-            r["pid"] for r in json_lines(log_path) if r["request_id"].startswith("spread-")
-        }
+        # The first /health answered as soon as one worker was up; the second may still be
+        # starting, and the kernel may favour one worker for a while. Send rounds until both
+        # have served (each access line is written before its response goes out).
+        sent, served_by = 0, set()
+        deadline = time.monotonic() + 60
+        while len(served_by) < 2 and time.monotonic() < deadline:
+            await asyncio.gather(*(one(sent + i) for i in range(round_size)))
+            sent += round_size
+            served_by = {
+                r["pid"] for r in json_lines(log_path) if r["request_id"].startswith("spread-")
+            }
         assert len(served_by) == 2, "the requests did not reach both workers"
+        requests = sent
+        # A request is counted just after its response went out: wait for the last ones.
+        deadline = time.monotonic() + 10
+        while sample(scrape(url), "alice_http_requests_total", **route) - before < requests:
+            assert time.monotonic() < deadline, "the requests were never all counted"
+            await asyncio.sleep(0.05)
         scrapes = [scrape(url) for _ in range(8)]
         for text in scrapes:
             got = sample(text, "alice_http_requests_total", **route)
