@@ -142,8 +142,11 @@ async def test_regenerated_reply_of_a_killed_process_is_reaped_by_another(cluste
         lost = await reattach(b, token, cid)
         assert json.loads(lost.terminal.data)["code"] == "GENERATION_LOST"
         # The conversation goes on, and both versions are there.
-        again = await read_stream(b, "POST", regenerate_url(cid, old["id"]), headers=auth(token))
-        assert again.status == 200
+        # Its context asks the fake for 500 tokens 50 ms apart: a few show it runs, then stop.
+        again = await read_stream(
+            b, "POST", regenerate_url(cid, old["id"]), headers=auth(token), stop_after_tokens=3
+        )
+        assert again.status == 200 and len(again.tokens) == 3
         await b.post(f"{CHAT}/conversations/{cid}/stop", headers=auth(token))
         items = await messages(b, token, cid)
         assert (items[1]["sibling_index"], items[1]["sibling_count"]) == (2, 3)
