@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 
 from alice.models import Conversation, Message
 from tests.chatkit import CHAT, eventually, messages, send
-from tests.conftest import serve
+from tests.conftest import bearer, serve
 from tests.fakes.anthropic_server import expected_text, input_tokens_for
 
 
@@ -376,6 +376,74 @@ async def test_heartbeats_in_batches_save_every_reply_and_abandon_only_the_one_e
             async with app.state.services.sessions() as session:
                 row = await session.get(Message, ended.message_id)
     assert row.status == "incomplete" and row.content == "kept by the reaper"
+
+
+async def test_replies_that_end_together_each_save_their_own_end_and_usage(settings, ai_settings):
+    """Eight replies sent at once end at nearly the same moment, so their ends share commits
+    (`GenerationRegistry._commit_end`): each must be saved complete with its own text, and the
+    user's usage must count every reply and token exactly once."""
+    async with serve(settings.model_copy(update=ai_settings)) as (app, url):
+        user = await app.state.services.auth.register("ends@example.com", "SecurePass123", None)
+        import httpx
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            streams = await asyncio.gather(
+                *(
+                    send(client, user.access_token, f"{i} [[tokens:6]] [[delay:5]]")
+                    for i in range(8)
+                )
+            )
+            for stream in streams:
+                assert json.loads(stream.terminal.data)["status"] == "complete"
+                items = await messages(client, user.access_token, stream.conversation_id)
+                reply = items[1]
+                assert reply["id"] == str(stream.message_id)
+                assert (reply["status"], reply["content"]) == ("complete", expected_text(6))
+            resp = await client.get(
+                "/api/v1/auth/me/usage", params={"days": 1}, headers=bearer(user.access_token)
+            )
+            today = resp.json()["items"][-1]
+            assert (today["replies"], today["output_tokens"]) == (8, 48)
+            assert today["input_tokens"] == 8 * input_tokens_for({"messages": [{}]})
+
+
+async def test_reply_ends_waiting_together_share_one_commit_and_a_failing_one_sinks_none(
+    app, monkeypatch
+):
+    """Through the private seam (`_commit_end`, no public way to line ends up in one turn of
+    the loop): ends queued together are one transaction, each caller gets its own result, and
+    an end that raises is retried alone, so the others commit and only its caller sees it."""
+    generations = app.state.services.generations
+    direct = generations._direct
+    transactions = []
+    real = direct.transaction
+
+    async def counted(work):
+        transactions.append(work)
+        return await real(work)
+
+    monkeypatch.setattr(direct, "transaction", counted)
+
+    def ok(value):
+        return lambda conn: conn.execute(select(func.count()).select_from(Message)) and value
+
+    results = await asyncio.gather(*(generations._commit_end(ok(i % 2 == 0)) for i in range(5)))
+    assert results == [True, False, True, False, True]
+    assert len(transactions) == 1
+
+    def broken(conn):
+        raise RuntimeError("this end cannot be saved")
+
+    transactions.clear()
+    got = await asyncio.gather(
+        generations._commit_end(ok(True)),
+        generations._commit_end(broken),
+        generations._commit_end(ok(False)),
+        return_exceptions=True,
+    )
+    assert got[0] is True and got[2] is False
+    assert isinstance(got[1], RuntimeError)
+    assert len(transactions) == 4  # the three together, then each alone
 
 
 async def test_mock_provider_streams_word_by_word(app, client, user):
