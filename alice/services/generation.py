@@ -534,10 +534,12 @@ class GenerationRegistry:
     async def _commit_end(self, work: Callable[[Connection], bool]) -> bool:
         """`work` (a reply's end) committed, with the other ends waiting at the same time.
 
-        Replies that started together end together, and each end in a transaction of its own
-        cost 470-520 µs on SQLite (its search-index segment and commit), against 290 µs at
-        ten to a transaction (`bench` notes in README, "Performance devices"). One task
-        writes: the ends that arrived by the time it runs, then those that came meanwhile."""
+        Replies that started together end together, and on SQLite an end in a transaction of
+        its own costs 264-279 µs (its search-index segment and the commit), against 145-152 µs
+        at ten to a transaction (`python -m bench.reply_ends`). One task writes: the ends that
+        arrived by the time it runs, then those that came meanwhile, each batch in one
+        transaction; a batch that fails is tried end by end, so that one end cannot sink the
+        others, and a failed end's caller retries it."""
         done = asyncio.get_running_loop().create_future()
         self._ends.append((work, done))
         if self._end_writer is None:
