@@ -412,7 +412,8 @@ async def test_reply_ends_waiting_together_share_one_commit_and_a_failing_one_si
 ):
     """Through the private seam (`_commit_end`, no public way to line ends up in one turn of
     the loop): ends queued together are one transaction, each caller gets its own result, and
-    an end that raises is retried alone, so the others commit and only its caller sees it."""
+    an end that raises is retried alone, so the others commit and only its caller sees it;
+    a batch runs in its ends' order."""
     generations = app.state.services.generations
     direct = generations._direct
     transactions = []
@@ -444,6 +445,17 @@ async def test_reply_ends_waiting_together_share_one_commit_and_a_failing_one_si
     assert got[0] is True and got[2] is False
     assert isinstance(got[1], RuntimeError)
     assert len(transactions) == 4  # the three together, then each alone
+
+    # A batch runs in the ends' order (user, reply), whatever order they came in: two
+    # processes' batches then take one user's ledger rows in the same order.
+    ran = []
+
+    def named(name):
+        return lambda conn: ran.append(name) or True
+
+    orders = [("user-b", "1"), ("user-a", "2"), ("user-a", "1")]
+    await asyncio.gather(*(generations._commit_end(named(o), o) for o in orders))
+    assert ran == [("user-a", "1"), ("user-a", "2"), ("user-b", "1")]
 
 
 async def test_mock_provider_streams_word_by_word(app, client, user):

@@ -83,6 +83,10 @@ _BEATS_PER_COMMIT = 100
 _ENDS_PER_COMMIT = 100
 
 
+# A reply's end waiting for its commit: (its order in a batch, its work, its result).
+_End = tuple[tuple[str, str], Callable[[Connection], bool], asyncio.Future[bool]]
+
+
 def _settle(done: asyncio.Future[bool], result: bool) -> None:
     if not done.done():  # its caller may have been cancelled meanwhile
         done.set_result(result)
@@ -190,7 +194,7 @@ class GenerationRegistry:
         self._shutdown: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         # Reply ends waiting for their commit, and the task that commits them (`_commit_end`).
-        self._ends: list[tuple[Callable[[Connection], bool], asyncio.Future[bool]]] = []
+        self._ends: list[_End] = []
         self._end_writer: asyncio.Task[None] | None = None
         event_log.set_stop_handler(self._on_stop)
 
@@ -444,6 +448,7 @@ class GenerationRegistry:
             )
         won = await self._finalize_row(
             mid,
+            run.user_id,
             status,
             text,
             token_count,
@@ -487,6 +492,7 @@ class GenerationRegistry:
     async def _finalize_row(
         self,
         mid: uuid.UUID,
+        user_id: uuid.UUID,
         status: MessageStatus,
         text: str,
         token_count: int,
@@ -525,13 +531,15 @@ class GenerationRegistry:
 
         for attempt in range(_FINALIZE_ATTEMPTS):
             try:
-                return await self._commit_end(work)
+                return await self._commit_end(work, (str(user_id), str(mid)))
             except Exception:  # noqa: BLE001 - retried, then reported to the readers
                 log.warning("saving reply %s failed (attempt %d)", mid, attempt + 1, exc_info=True)
                 await asyncio.sleep(0.2 * 2**attempt)
         return None
 
-    async def _commit_end(self, work: Callable[[Connection], bool]) -> bool:
+    async def _commit_end(
+        self, work: Callable[[Connection], bool], order: tuple[str, str] = ("", "")
+    ) -> bool:
         """`work` (a reply's end) committed, with the other ends waiting at the same time.
 
         Replies that started together end together, and on SQLite an end in a transaction of
@@ -539,29 +547,33 @@ class GenerationRegistry:
         at ten to a transaction (`python -m bench.reply_ends`). One task writes: the ends that
         arrived by the time it runs, then those that came meanwhile, each batch in one
         transaction; a batch that fails is tried end by end, so that one end cannot sink the
-        others, and a failed end's caller retries it."""
+        others, and a failed end's caller retries it.
+
+        `order` (the user's id, the reply's): a batch runs in this order, so that two processes'
+        batches take the rows of one user's usage ledger in the same order on PostgreSQL (no
+        deadlock between them)."""
         done = asyncio.get_running_loop().create_future()
-        self._ends.append((work, done))
+        self._ends.append((order, work, done))
         if self._end_writer is None:
             self._end_writer = asyncio.create_task(self._write_ends(), name="alice-reply-ends")
         return await done
 
     async def _write_ends(self) -> None:
-        batch: list[tuple[Callable[[Connection], bool], asyncio.Future[bool]]] = []
+        batch: list[_End] = []
         try:
             while self._ends:
-                batch = self._ends[:_ENDS_PER_COMMIT]
+                batch = sorted(self._ends[:_ENDS_PER_COMMIT], key=lambda end: end[0])
                 del self._ends[:_ENDS_PER_COMMIT]
                 if len(batch) > 1:
                     try:
-                        won = await self._direct.transaction(_all_of([w for w, _ in batch]))
+                        won = await self._direct.transaction(_all_of([w for _, w, _ in batch]))
                     except Exception:  # noqa: BLE001 - then each end alone: one cannot sink all
                         won = None
                     if won is not None:
-                        for (_, done), result in zip(batch, won, strict=True):
+                        for (_, _, done), result in zip(batch, won, strict=True):
                             _settle(done, result)
                         batch = []
-                for work, done in batch:
+                for _, work, done in batch:
                     try:
                         _settle(done, await self._direct.transaction(work))
                     except Exception as exc:  # noqa: BLE001 - its caller retries it
@@ -571,7 +583,7 @@ class GenerationRegistry:
                 # An inline transaction does not yield: let the streams go on between two.
                 await asyncio.sleep(0)
         except BaseException:
-            for _, done in batch + self._ends:  # cancelled: no caller waits for ever
+            for _, _, done in batch + self._ends:  # cancelled: no caller waits for ever
                 done.cancel()
             self._ends.clear()
             raise
@@ -678,6 +690,7 @@ class GenerationRegistry:
             )
         won = await self._finalize_row(
             row.id,
+            user_id,
             MessageStatus.INCOMPLETE,
             row.content,
             max((row.event_seq or 1) - 1, 0),
