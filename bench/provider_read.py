@@ -15,6 +15,12 @@ Three readers of the same streams, each round in turn:
 Prints this process's CPU per event (µs) for each, the median of the rounds. The fake runs
 in its own process (on core 1 when it can be pinned; this one on core 0): its CPU is not
 counted.
+
+    python -m bench.provider_read --memory [--streams 500] [--rounds 2]
+
+prints instead the growth of resident memory per open stream for each reader (KiB: the peak
+while `streams` streams of 100 events 20 ms apart are open, less the process's memory after a
+warm-up, over `streams`), each round of each reader in a fresh process.
 """
 
 from __future__ import annotations
@@ -99,7 +105,8 @@ def _cpu() -> float:
     return time.process_time()
 
 
-async def _round(name: str, url: str, streams: int, events: int) -> float:
+def _clients(url: str) -> tuple[AnthropicProvider, aiohttp.ClientSession]:
+    """The provider as ALICE builds it, and the relay's aiohttp session, for the fake at `url`."""
     settings = Settings(
         env="test",
         secret_key="k" * 40,
@@ -108,7 +115,11 @@ async def _round(name: str, url: str, streams: int, events: int) -> float:
         ai_model="bench-model",
     )
     provider = AnthropicProvider(settings, max_retries=0)
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    return provider, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+
+async def _round(name: str, url: str, streams: int, events: int) -> float:
+    provider, session = _clients(url)
     readers: dict[str, Callable[[int], Awaitable[int]]] = {
         "provider": lambda i: _provider(provider, i, events),
         "sdk-raw": lambda i: _sdk_raw(provider, i, events),
@@ -129,12 +140,58 @@ async def _round(name: str, url: str, streams: int, events: int) -> float:
     return spent / (streams * (events + 6)) * 1e6
 
 
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+async def _memory_round(name: str, url: str, streams: int) -> float:
+    """KiB of resident memory per open stream of reader `name` (in a process of its own)."""
+    provider, session = _clients(url)
+    readers: dict[str, Callable[[int, int], Awaitable[int]]] = {
+        "provider": lambda i, events: _provider(provider, i, events),
+        "sdk-raw": lambda i, events: _sdk_raw(provider, i, events),
+        "aiohttp": lambda i, events: _aiohttp(session, url, i, events),
+    }
+    read = readers[name]
+    try:
+        await asyncio.gather(*(read(i, 5) for i in range(50)))  # connections and caches warm
+        base = peak = _rss_kib()
+        tasks = [asyncio.ensure_future(read(i, 100)) for i in range(streams)]
+        while not all(t.done() for t in tasks):
+            await asyncio.sleep(0.05)
+            peak = max(peak, _rss_kib())
+        counts = [t.result() for t in tasks]
+    finally:
+        await provider.aclose()
+        await session.close()
+    if any(c != 100 for c in counts):
+        raise RuntimeError(f"{name}: expected 100 deltas a stream, got {set(counts)}")
+    return (peak - base) / streams
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--streams", type=int, default=None)
     parser.add_argument("--events", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--memory", action="store_true", help="resident memory per stream")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # one round, in a child
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_of:
+        import uvloop
+
+        kib = uvloop.run(_memory_round(args.memory_of, args.url, args.streams))
+        print(f"{kib:.2f}")
+        return
+    if args.streams is None:
+        args.streams = 500 if args.memory else 200
+    if args.rounds is None:
+        args.rounds = 2 if args.memory else 3
     port = free_port()
     argv = [sys.executable, str(REPO / "tests" / "fakes" / "anthropic_server.py")]
     argv += ["--port", str(port), "--max-records", "50"]
@@ -153,6 +210,17 @@ def main() -> None:
         import uvloop
 
         results: dict[str, list[float]] = {"provider": [], "sdk-raw": [], "aiohttp": []}
+        if args.memory:
+            for _ in range(args.rounds):
+                for name, runs in results.items():
+                    child = [sys.executable, "-m", "bench.provider_read", "--memory-of", name]
+                    child += ["--url", url, "--streams", str(args.streams)]
+                    done = subprocess.run(child, capture_output=True, check=True, cwd=REPO)
+                    runs.append(float(done.stdout))
+            for name, runs in results.items():
+                shown = " / ".join(f"{r:.1f}" for r in runs)
+                print(f"{name}: {statistics.median(runs):.1f} KiB per open stream ({shown})")
+            return
         for _ in range(args.rounds):
             for name, runs in results.items():
                 runs.append(uvloop.run(_round(name, url, args.streams, args.events)))
