@@ -87,6 +87,12 @@ _ENDS_PER_COMMIT = 100
 _End = tuple[tuple[str, str], Callable[[Connection], bool], asyncio.Future[bool]]
 
 
+def _row_order(user_id: uuid.UUID, message_id: uuid.UUID) -> tuple[str, str]:
+    """The order in which a batch of ends or heartbeats takes its rows: by user (the usage
+    ledger's row), then by reply, the same in every process."""
+    return str(user_id), str(message_id)
+
+
 def _settle(done: asyncio.Future[bool], result: bool) -> None:
     if not done.done():  # its caller may have been cancelled meanwhile
         done.set_result(result)
@@ -531,7 +537,7 @@ class GenerationRegistry:
 
         for attempt in range(_FINALIZE_ATTEMPTS):
             try:
-                return await self._commit_end(work, (str(user_id), str(mid)))
+                return await self._commit_end(work, _row_order(user_id, mid))
             except Exception:  # noqa: BLE001 - retried, then reported to the readers
                 log.warning("saving reply %s failed (attempt %d)", mid, attempt + 1, exc_info=True)
                 await asyncio.sleep(0.2 * 2**attempt)
@@ -597,7 +603,12 @@ class GenerationRegistry:
         every = self._settings.generation_heartbeat_seconds
         while self._runs:
             await asyncio.sleep(every)
-            runs = [run for run in self._runs.values() if not run.finalizing]
+            # In the order the ends' batches take their rows (`_commit_end`): no deadlock
+            # between a beat and an end on PostgreSQL.
+            runs = sorted(
+                (run for run in self._runs.values() if not run.finalizing),
+                key=lambda run: _row_order(run.user_id, run.message_id),
+            )
             for i in range(0, len(runs), _BEATS_PER_COMMIT):
                 await self._beat(runs[i : i + _BEATS_PER_COMMIT])
                 # An inline transaction does not yield: let the streams go on between two.
