@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None, *, settle_gc: bool = False) -> 
         app.state.services = services
         await services.event_log.start()
         await services.slots.start()
+        services.direct.start_checkpoints()
         try:
             # Alone (no Redis), every `streaming` row at start is a crash's leftover.
             await services.generations.start_background(sweep_all=settings.redis_url is None)
