@@ -176,6 +176,7 @@ def create_app(settings: Settings | None = None, *, settle_gc: bool = False) -> 
             await services.event_log.close()
             await services.slots.close()
             await services.provider.aclose()
+            await services.direct.stop_checkpoints()
             services.direct.close()
             await services.engine.dispose()
             services.auth.close()

@@ -206,6 +206,7 @@ async def test_the_wal_is_checkpointed_and_emptied_while_inline_writes_go_on(tmp
             sizes.append(wal.stat().st_size)
         rows = await direct.all(select(_t.c.x))
     finally:
+        await direct.stop_checkpoints()
         direct.close()
         await engine.dispose()
     assert len(rows) == 2001

@@ -149,9 +149,11 @@ class Direct:
         self._engine = engine
         self._reader: Connection | None = None
         self._writer: Connection | None = None
-        # Inline commits since the last checkpoint, and the task that checkpoints the WAL.
+        # Inline commits since the last checkpoint, the task that checkpoints the WAL, and
+        # what stops it between two checkpoints (never in the middle of one).
         self._commits = 0
         self._checkpointer: asyncio.Task[None] | None = None
+        self._stop_checkpoints: asyncio.Event | None = None
         self._remembered: dict[Hashable, Any] = {}
         self._remembered_version: int | None = None
         url = engine.url
@@ -269,14 +271,26 @@ class Direct:
         replies of 50 tokens, the database itself 176 KB), and every read searched an
         ever longer WAL index. The checkpoint (`checkpoint`) runs in aiosqlite's thread."""
         if self.inline and self._checkpointer is None:
+            self._stop_checkpoints = asyncio.Event()
             self._checkpointer = asyncio.create_task(
-                self._checkpoint_forever(), name="alice-wal-checkpoints"
+                self._checkpoint_forever(self._stop_checkpoints), name="alice-wal-checkpoints"
             )
 
-    async def _checkpoint_forever(self) -> None:
-        while True:
-            await asyncio.sleep(CHECKPOINT_SECONDS)
-            if self._commits:
+    async def stop_checkpoints(self) -> None:
+        """Stop the checkpoints, letting one under way finish (a checkpoint cancelled inside
+        aiosqlite's thread could leave its connection waiting for ever)."""
+        task, self._checkpointer = self._checkpointer, None
+        if task is None or self._stop_checkpoints is None:
+            return
+        self._stop_checkpoints.set()
+        await task
+
+    async def _checkpoint_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CHECKPOINT_SECONDS):
+                    await stop.wait()
+            if self._commits and not stop.is_set():
                 self._commits = 0
                 await self.checkpoint()
 
@@ -299,9 +313,6 @@ class Direct:
             log.warning("WAL checkpoint failed", exc_info=True)
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            self._checkpointer = None
         for conn in (self._reader, self._writer):
             if conn is not None:
                 conn.close()
