@@ -86,19 +86,18 @@ def postgres_and_redis(prefix: str) -> Iterator[dict[str, str]]:
     dbname = f"{prefix.replace('-', '_')}_{tag}"
     redis_prefix = f"{prefix}-{tag}"
 
-    async def create() -> None:
+    async def admin(sql: str) -> None:
         conn = await asyncpg.connect(plain)
         try:
-            await conn.execute(f'CREATE DATABASE "{dbname}"')
+            await conn.execute(sql)
         finally:
             await conn.close()
 
+    async def create() -> None:
+        await admin(f'CREATE DATABASE "{dbname}"')
+
     async def drop() -> None:
-        conn = await asyncpg.connect(plain)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         await delete_redis_keys(REDIS_URL, f"{redis_prefix}*")
 
     in_thread(create)
@@ -120,6 +119,8 @@ class Proc:
     workdir: Path
     port: int = field(default_factory=free_port)
     popen: subprocess.Popen[bytes] | None = None
+    # The umask `alice serve` starts with (None: this process's).
+    umask: int | None = None
 
     @property
     def url(self) -> str:
@@ -131,12 +132,19 @@ class Proc:
 
     def start(self) -> Proc:
         log = self.log_path.open("ab")
+        umask = self.umask
+
+        def before() -> None:
+            if umask is not None:
+                os.umask(umask)
+
         self.popen = subprocess.Popen(
             [str(ALICE), "serve", "--port", str(self.port)],
             env=self.env,
             cwd=self.workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=before,  # noqa: PLW1509 - only sets the umask
         )
         log.close()
         return self

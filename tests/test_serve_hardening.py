@@ -11,27 +11,18 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-ALICE = Path(sys.executable).parent / "alice"
+from tests.processes import ALICE, Proc, free_port
+
 SECRET = "serve-hardening-test-secret-key-of-32-bytes-or-more"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _base_env(**extra: str) -> dict[str, str]:
@@ -52,64 +43,11 @@ def _base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class Server:
-    workdir: Path
-    env: dict[str, str]
-    umask: int | None = None
-    port: int = field(default_factory=_free_port)
-    popen: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Server:
-        log = (self.workdir / "server.log").open("ab")
-        umask = self.umask
-
-        def before() -> None:
-            if umask is not None:
-                os.umask(umask)
-
-        self.popen = subprocess.Popen(
-            [str(ALICE), "serve", "--port", str(self.port)],
-            env=self.env,
-            cwd=self.workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=before,  # noqa: PLW1509 - only sets the umask
-        )
-        log.close()
-        until = time.monotonic() + 60
-        while time.monotonic() < until:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"alice serve exited:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"alice serve did not answer:\n{self.log()}")
-
-    def log(self) -> str:
-        return (self.workdir / "server.log").read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(20)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(5)
-
-
 @contextlib.contextmanager
-def alice_serve(tmp_path: Path, umask: int | None = None, **env: str) -> Iterator[Server]:
-    server = Server(tmp_path, _base_env(**env), umask=umask)
+def alice_serve(tmp_path: Path, umask: int | None = None, **env: str) -> Iterator[Proc]:
+    server = Proc("server", _base_env(**env), tmp_path, umask=umask)
     try:
-        yield server.start()
+        yield server.start().wait_ready()
     finally:
         server.stop()
 
@@ -286,7 +224,7 @@ def test_a_production_config_error_names_the_setting_and_prints_no_secret(tmp_pa
     env = _base_env(**{"ALICE_ENV": "production", "ALICE_SECRET_KEY": short_key, **extra})
     env["ANTHROPIC_API_KEY"] = api_key
     done = subprocess.run(
-        [str(ALICE), "serve", "--port", str(_free_port())],
+        [str(ALICE), "serve", "--port", str(free_port())],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -314,8 +252,8 @@ def test_a_production_config_error_names_the_setting_and_prints_no_secret(tmp_pa
 async def test_data_folder_0700_and_sqlite_files_0600_whatever_the_umask(tmp_path, umask):
     env = _base_env()
     del env["ALICE_SECRET_KEY"]  # the development key is made in the data folder too
-    server = Server(tmp_path, env, umask=umask)
-    server.start()
+    server = Proc("server", env, tmp_path, umask=umask)
+    server.start().wait_ready()
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             resp = await client.post(
