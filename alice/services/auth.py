@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alice.core.config import Settings
-from alice.core.database import Direct, rowcount, transaction
+from alice.core.database import Direct, constant, rowcount, transaction
 from alice.core.errors import (
     AccountDisabledError,
     AuthenticationFailedError,
@@ -31,6 +31,20 @@ _USER_COLUMNS = (
     User.is_active,
     User.token_version,
     User.created_at,
+)
+# The user of an access token and its session in one statement: an ended session refuses its
+# access tokens with no second round trip (SPEC section 13).
+_USER_OF_SESSION = constant(
+    select(*_USER_COLUMNS)
+    .join(
+        Session,
+        and_(
+            Session.id == bindparam("session_id"),
+            Session.user_id == User.id,
+            Session.revoked_at.is_(None),
+        ),
+    )
+    .where(User.id == bindparam("user_id"))
 )
 
 
@@ -87,20 +101,6 @@ class AuthService:
     ) -> None:
         self._sessions = sessions
         self._direct = direct
-        # The user of an access token and its session in one statement: an ended session
-        # refuses its access tokens with no second round trip (SPEC section 13).
-        self._user_query = (
-            select(*_USER_COLUMNS)
-            .join(
-                Session,
-                and_(
-                    Session.id == bindparam("session_id"),
-                    Session.user_id == User.id,
-                    Session.revoked_at.is_(None),
-                ),
-            )
-            .where(User.id == bindparam("user_id"))
-        )
         self._hashing = hashing
         self._codec = codec
         self._grace = timedelta(seconds=settings.refresh_reuse_grace_seconds)
@@ -299,7 +299,7 @@ class AuthService:
         # (ending a session is a commit, so it is seen at once, by every process).
         row = await self._direct.first_unless_unchanged(
             (claims.user_id, claims.session_id),
-            self._user_query,
+            _USER_OF_SESSION,
             {"user_id": claims.user_id, "session_id": claims.session_id},
         )
         user = CurrentUser(*row, session_id=claims.session_id) if row else None

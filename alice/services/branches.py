@@ -38,11 +38,12 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, exists, func, literal, select, update
 from sqlalchemy.orm import aliased
 
+from alice.core.database import constant, execute
 from alice.models import Message, MessageStatus
 
 _UPDATE_CHUNK = 500
 
-_LEAF = (
+_LEAF = constant(
     select(Message.id, Message.depth)
     .where(
         Message.conversation_id == bindparam("conversation_id"),
@@ -51,20 +52,24 @@ _LEAF = (
     .order_by(Message.active_depth.desc())
     .limit(1)
 )
-_CHILDREN = select(func.count()).where(Message.parent_id == bindparam("parent_id"))
-_ROOTS = select(func.count()).where(
-    Message.conversation_id == bindparam("conversation_id"), Message.parent_id.is_(None)
+_CHILDREN = constant(select(func.count()).where(Message.parent_id == bindparam("parent_id")))
+_ROOTS = constant(
+    select(func.count()).where(
+        Message.conversation_id == bindparam("conversation_id"), Message.parent_id.is_(None)
+    )
 )
-_NODE = select(
-    Message.id,
-    Message.conversation_id,
-    Message.role,
-    Message.parent_id,
-    Message.depth,
-    Message.active_depth,
-).where(Message.id == bindparam("message_id"))
+_NODE = constant(
+    select(
+        Message.id,
+        Message.conversation_id,
+        Message.role,
+        Message.parent_id,
+        Message.depth,
+        Message.active_depth,
+    ).where(Message.id == bindparam("message_id"))
+)
 # The context of a reply: the nearest ancestors with text, nearest first.
-_ANCESTORS = (
+_ANCESTORS = constant(
     select(Message.role, Message.content, Message.status)
     .where(
         Message.conversation_id == bindparam("conversation_id"),
@@ -89,13 +94,13 @@ _CLEAR_BELOW = (
 
 def leaf(conn: Connection, conversation_id: uuid.UUID) -> Any:
     """The active branch's last message (id, depth), or None for an empty conversation."""
-    return conn.execute(_LEAF, {"conversation_id": conversation_id}).first()
+    return execute(conn, _LEAF, {"conversation_id": conversation_id}).first()
 
 
 def node(conn: Connection, conversation_id: uuid.UUID, message_id: uuid.UUID) -> Any:
     """The message (id, conversation_id, role, parent_id, depth, active_depth) when it is
     this conversation's, else None."""
-    row = conn.execute(_NODE, {"message_id": message_id}).first()
+    row = execute(conn, _NODE, {"message_id": message_id}).first()
     if row is None or row.conversation_id != conversation_id:
         return None
     return row
@@ -106,8 +111,8 @@ def next_sibling_index(
 ) -> int:
     """The `sibling_index` of a new child of `parent_id` (null: a new first message)."""
     if parent_id is None:
-        return int(conn.scalar(_ROOTS, {"conversation_id": conversation_id}) or 0)
-    return int(conn.scalar(_CHILDREN, {"parent_id": parent_id}) or 0)
+        return int(execute(conn, _ROOTS, {"conversation_id": conversation_id}).scalar() or 0)
+    return int(execute(conn, _CHILDREN, {"parent_id": parent_id}).scalar() or 0)
 
 
 def ancestors(
@@ -115,8 +120,8 @@ def ancestors(
 ) -> list[tuple[str, str, str]]:
     """The context of a message at `depth` on the active branch: the at most `limit` nearest
     ancestors with text, as (role, content, status), oldest first."""
-    rows = conn.execute(
-        _ANCESTORS, {"conversation_id": conversation_id, "depth": depth, "limit": limit}
+    rows = execute(
+        conn, _ANCESTORS, {"conversation_id": conversation_id, "depth": depth, "limit": limit}
     ).all()
     return [(r.role, r.content, r.status) for r in reversed(rows)]
 

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, tuple_, up
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from alice.core.database import Direct, transaction
+from alice.core.database import Direct, constant, execute, transaction
 from alice.core.errors import (
     ConversationNotFoundError,
     GenerationInProgressError,
@@ -53,8 +53,10 @@ _SPACES = re.compile(r"\s+")
 # OR form made SQLite scan from the start.
 _CONVERSATIONS = select(*_CONVERSATION_COLUMNS).where(Conversation.user_id == bindparam("user_id"))
 _CONVERSATIONS_ORDER = (Conversation.updated_at.desc(), Conversation.id.desc())
-_CONVERSATIONS_FIRST = _CONVERSATIONS.order_by(*_CONVERSATIONS_ORDER).limit(bindparam("limit"))
-_CONVERSATIONS_AFTER = (
+_CONVERSATIONS_FIRST = constant(
+    _CONVERSATIONS.order_by(*_CONVERSATIONS_ORDER).limit(bindparam("limit"))
+)
+_CONVERSATIONS_AFTER = constant(
     _CONVERSATIONS.where(
         tuple_(Conversation.updated_at, Conversation.id)
         < tuple_(
@@ -65,8 +67,8 @@ _CONVERSATIONS_AFTER = (
     .order_by(*_CONVERSATIONS_ORDER)
     .limit(bindparam("limit"))
 )
-_CONVERSATION_OWNER = select(Conversation.user_id).where(
-    Conversation.id == bindparam("conversation_id")
+_CONVERSATION_OWNER = constant(
+    select(Conversation.user_id).where(Conversation.id == bindparam("conversation_id"))
 )
 _CONVERSATION_OWNER_MODEL = select(Conversation.user_id, Conversation.model).where(
     Conversation.id == bindparam("conversation_id")
@@ -74,11 +76,13 @@ _CONVERSATION_OWNER_MODEL = select(Conversation.user_id, Conversation.model).whe
 # Taken first by every transaction that changes a conversation's tree: on PostgreSQL it locks
 # the row, so such transactions on one conversation run one after the other (SQLite's write
 # lock already does that).
-_CONVERSATION_LOCKED = _CONVERSATION_OWNER_MODEL.with_for_update()
-# The writes of `begin_reply`, built once (a statement built per call costs its cache key).
-_NEW_KEY = insert(IdempotencyKey)
-_NEW_CONVERSATION = insert(Conversation)
-_CONVERSATION_TOUCHED = (
+_CONVERSATION_LOCKED = constant(_CONVERSATION_OWNER_MODEL.with_for_update())
+# The writes of `begin_reply`, built once (a statement built per call costs its cache key),
+# run on SQLite's driver where they run inline (`database.constant`).
+_NEW_KEY = constant(insert(IdempotencyKey))
+_NEW_CONVERSATION = constant(insert(Conversation))
+_NEW_MESSAGES = constant(insert(Message))
+_CONVERSATION_TOUCHED = constant(
     update(Conversation)
     .where(Conversation.id == bindparam("touched_id"))
     .values(
@@ -86,12 +90,14 @@ _CONVERSATION_TOUCHED = (
         model=bindparam("touched_model", type_=Conversation.__table__.c.model.type),
     )
 )
-_STREAMING_REPLY = select(Message.id).where(
-    Message.conversation_id == bindparam("conversation_id"),
-    Message.status == MessageStatus.STREAMING,
+_STREAMING_REPLY = constant(
+    select(Message.id).where(
+        Message.conversation_id == bindparam("conversation_id"),
+        Message.status == MessageStatus.STREAMING,
+    )
 )
 # A page of the active branch: one range of the index (conversation_id, active_depth).
-_MESSAGES_PAGE = (
+_MESSAGES_PAGE = constant(
     select(*Message.__table__.columns, SIBLING_COUNT.label("sibling_count"))
     .where(
         Message.conversation_id == bindparam("conversation_id"),
@@ -241,7 +247,7 @@ class ChatService:
             target = branches.node(conn, conversation_id, message_id)
             if target is None:
                 raise MessageNotFoundError()
-            if conn.execute(_STREAMING_REPLY, {"conversation_id": conversation_id}).first():
+            if execute(conn, _STREAMING_REPLY, {"conversation_id": conversation_id}).first():
                 raise GenerationInProgressError()
             branches.end_branch_at(conn, conversation_id, target.id)
             branches.extend_to_newest(conn, target.id)
@@ -355,7 +361,8 @@ class ChatService:
                 conn.execute(
                     delete(IdempotencyKey).where(key, IdempotencyKey.created_at < now - KEY_LIFE)
                 )
-                conn.execute(
+                execute(
+                    conn,
                     _NEW_KEY,
                     {
                         "user_id": user_id,
@@ -369,7 +376,8 @@ class ChatService:
             parent_id: uuid.UUID | None = None
             depth = sibling_index = 0
             if is_new:
-                conn.execute(
+                execute(
+                    conn,
                     _NEW_CONVERSATION,
                     {
                         "id": conv_id,
@@ -393,7 +401,7 @@ class ChatService:
                         raise ValidationFailedError(
                             "body.edit_of", "Only a user message can be edited."
                         )
-                if conn.execute(_STREAMING_REPLY, {"conversation_id": conv_id}).first():
+                if execute(conn, _STREAMING_REPLY, {"conversation_id": conv_id}).first():
                     raise GenerationInProgressError()
                 if edited is not None:
                     parent_id, depth = edited.parent_id, edited.depth
@@ -404,12 +412,14 @@ class ChatService:
                         parent_id, depth = leaf.id, leaf.depth + 1
                 sibling_index = branches.next_sibling_index(conn, conv_id, parent_id)
                 history = branches.ancestors(conn, conv_id, depth, self._context_messages)
-                conn.execute(
+                execute(
+                    conn,
                     _CONVERSATION_TOUCHED,
                     {"touched_id": conv_id, "touched_at": now, "touched_model": chosen},
                 )
-            conn.execute(
-                insert(Message),
+            execute(
+                conn,
+                _NEW_MESSAGES,
                 [
                     _row(
                         user_msg_id,
@@ -471,7 +481,7 @@ class ChatService:
                 raise ValidationFailedError(
                     "path.message_id", "Only an assistant message can be regenerated."
                 )
-            if conn.execute(_STREAMING_REPLY, {"conversation_id": conversation_id}).first():
+            if execute(conn, _STREAMING_REPLY, {"conversation_id": conversation_id}).first():
                 raise GenerationInProgressError()
             branches.end_branch_at(conn, conversation_id, old.parent_id)
             sibling_index = branches.next_sibling_index(conn, conversation_id, old.parent_id)
@@ -481,8 +491,9 @@ class ChatService:
                 .where(Conversation.id == conversation_id)
                 .values(updated_at=now)
             )
-            conn.execute(
-                insert(Message),
+            execute(
+                conn,
+                _NEW_MESSAGES,
                 [
                     _placeholder(
                         reply_id,
@@ -508,7 +519,7 @@ class ChatService:
     def _lock_owned(conn: Connection, user_id: uuid.UUID, conversation_id: uuid.UUID) -> Any:
         """The conversation's (user_id, model), its row locked on PostgreSQL; a 404 for
         anyone else's."""
-        conv = conn.execute(_CONVERSATION_LOCKED, {"conversation_id": conversation_id}).first()
+        conv = execute(conn, _CONVERSATION_LOCKED, {"conversation_id": conversation_id}).first()
         if conv is None or conv.user_id != user_id:
             raise ConversationNotFoundError()
         return conv
@@ -550,6 +561,8 @@ def _row(
         "sibling_index": sibling_index,
         "active_depth": depth,
         "model": model,
+        "input_tokens": 0,
+        "output_tokens": 0,
     }
 
 

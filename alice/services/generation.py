@@ -26,7 +26,7 @@ from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from alice.core.config import Settings
-from alice.core.database import Direct, rowcount
+from alice.core.database import Direct, constant, execute
 from alice.core.errors import DEFAULT_DETAIL, AIServiceUnavailableError, ErrorCode
 from alice.core.security import utcnow
 from alice.models import Conversation, Message, MessageStatus
@@ -62,7 +62,7 @@ _ERROR_CODES = {
 # call costs its cache key at every call: a tenth of a reply's fixed cost on SQLite).
 _STREAMING = (Message.id == bindparam("end_id"), Message.status == MessageStatus.STREAMING)
 _MESSAGE = Message.__table__.c
-_END = (
+_END = constant(
     update(Message)
     .where(*_STREAMING)
     .values(
@@ -116,6 +116,10 @@ def _beat_statement(pg: bool) -> Any:
             heartbeat_at=at,
         )
     )
+
+
+_POSTGRES_BEAT = _beat_statement(pg=True)
+_SQLITE_BEAT = constant(_beat_statement(pg=False))
 
 
 # One encoder for every event: `json.dumps` with options builds a new one per call, which
@@ -186,7 +190,7 @@ class GenerationRegistry:
         # A reply's end and the heartbeats are short transactions of constant statements,
         # run where they cost least (inline on SQLite, see `Direct`).
         self._direct = direct
-        self._beat_statement = _beat_statement(not settings.is_sqlite)
+        self._beat_statement = _POSTGRES_BEAT if not settings.is_sqlite else _SQLITE_BEAT
         self._provider = provider
         self._log = event_log
         self._metrics: ReplyMetrics = metrics or _NoMetrics()
@@ -530,9 +534,9 @@ class GenerationRegistry:
                         conn, gone.parent_id, gone.active_depth is not None
                     )
             else:
-                won = bool(rowcount(conn.execute(_END, params)))
+                won = execute(conn, _END, params).rowcount > 0
             if won and ledger is not None:
-                conn.execute(*ledger)
+                execute(conn, *ledger)
             return won
 
         for attempt in range(_FINALIZE_ATTEMPTS):
@@ -636,7 +640,7 @@ class GenerationRegistry:
         statement = self._beat_statement
 
         def work(conn: Connection) -> list[int]:
-            return [rowcount(conn.execute(statement, p)) for p in params]
+            return [execute(conn, statement, p).rowcount for p in params]
 
         try:
             saved = await self._direct.transaction(work)

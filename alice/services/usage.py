@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Executable, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from alice.core.database import Direct
+from alice.core.database import Direct, constant
 from alice.core.errors import QuotaExceededError
 from alice.models import UsageDay
 
@@ -42,7 +42,7 @@ class Budget:
     resets_at: datetime
 
 
-_DAYS = (
+_DAYS = constant(
     select(UsageDay.day, UsageDay.input_tokens, UsageDay.output_tokens, UsageDay.replies)
     .where(
         UsageDay.user_id == bindparam("user_id"),
@@ -50,9 +50,11 @@ _DAYS = (
     )
     .order_by(UsageDay.day)
 )
-_TODAY = select(UsageDay.input_tokens, UsageDay.output_tokens).where(
-    UsageDay.user_id == bindparam("user_id"),
-    UsageDay.day == bindparam("day", type_=UsageDay.day.type),
+_TODAY = constant(
+    select(UsageDay.input_tokens, UsageDay.output_tokens).where(
+        UsageDay.user_id == bindparam("user_id"),
+        UsageDay.day == bindparam("day", type_=UsageDay.day.type),
+    )
 )
 
 
@@ -64,7 +66,7 @@ class UsageService:
     def __init__(self, direct: Direct, daily_tokens: int | None, *, sqlite_dialect: bool) -> None:
         self._direct = direct
         self._daily_tokens = daily_tokens
-        self._upsert = _ledger_upsert(sqlite.insert if sqlite_dialect else postgresql.insert)
+        self._upsert = _SQLITE_UPSERT if sqlite_dialect else _POSTGRES_UPSERT
         self.clock: Callable[[], datetime] = _utcnow
 
     def today(self) -> date:
@@ -147,3 +149,7 @@ def _ledger_upsert(insert: Any) -> Executable:
             "replies": UsageDay.replies + stmt.excluded.replies,
         },
     )
+
+
+_SQLITE_UPSERT = constant(_ledger_upsert(sqlite.insert))
+_POSTGRES_UPSERT = _ledger_upsert(postgresql.insert)
