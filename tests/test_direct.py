@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,19 +19,29 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import (
     Column,
     Connection,
+    Date,
+    Engine,
     Integer,
     MetaData,
+    String,
     Table,
+    Text,
+    Uuid,
     bindparam,
     event,
     insert,
     select,
+    update,
 )
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.exc import IntegrityError
 
 from alice.core.config import Settings
-from alice.core.database import Direct, create_engine
+from alice.core.database import Direct, constant, create_engine, execute
 from alice.main import create_app
+from alice.models.base import UTCDateTime
+from alice.models.message import MessageStatus
+from tests.chatkit import messages, send
 from tests.conftest import TEST_SETTINGS, client_for
 
 _R = TypeVar("_R")
@@ -357,3 +369,164 @@ async def test_a_row_read_before_a_commit_is_not_remembered_under_the_version_af
     finally:
         direct.close()
         await engine.dispose()
+
+
+# -- constant statements on the driver ---------------------------------------------------------
+
+_typed = Table(
+    "typed",
+    MetaData(),
+    Column("id", Uuid, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("day", Date),
+    Column("status", String(16)),
+    Column("body", Text),
+    Column("n", Integer, default=7),
+)
+_INSERT_TYPED = constant(insert(_typed))
+_TYPED_BY_ID = constant(
+    select(_typed).where(_typed.c.id == bindparam("id"), _typed.c.status != MessageStatus.STREAMING)
+)
+_TYPED_TOUCHED = constant(
+    update(_typed)
+    .where(_typed.c.id == bindparam("touched_id"))
+    .values(body=bindparam("touched_body", type_=Text()), day=None)
+)
+
+
+@contextmanager
+def _sqlalchemy_statements() -> Iterator[list[str]]:
+    """The SQL of every statement SQLAlchemy hands a cursor meanwhile, on any engine."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, params, context, many) -> None:  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+async def test_constant_statements_run_on_the_driver_and_store_and_read_what_sqlalchemy_does(
+    tmp_path,
+):
+    """A `constant` statement on an inline connection skips SQLAlchemy's execution, not its
+    types: what it stores, SQLAlchemy reads back as it stored it itself, and what it reads
+    equals SQLAlchemy's reading, type for type (UUIDs, aware timestamps, dates, text)."""
+    path = tmp_path / "typed.db"
+    sync = create_sync_engine(f"sqlite:///{path}")
+    _typed.metadata.create_all(sync)
+    sync.dispose()
+    settings = Settings(**TEST_SETTINGS, database_url=f"sqlite+aiosqlite:///{path}")
+    engine = create_engine(settings)
+    direct = Direct(engine)
+    assert direct.inline
+    at = datetime(2026, 12, 7, 21, 4, 41, 123456, tzinfo=UTC)
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "at": at + timedelta(microseconds=i),
+            "day": date(2026, 12, 7),
+            "status": MessageStatus.COMPLETE,
+            "body": f"héllo {i} ✓",
+            "n": i,
+        }
+        for i in range(2)
+    ]
+    by_sqlalchemy = {**rows[0], "id": uuid.uuid4(), "n": 5}
+    try:
+        with _sqlalchemy_statements() as seen:
+            inserted = await direct.transaction(lambda conn: execute(conn, _INSERT_TYPED, rows))
+            await direct.transaction(lambda conn: conn.execute(_INSERT_TYPED, by_sqlalchemy))
+            fast = [await direct.first(_TYPED_BY_ID, {"id": r["id"]}) for r in rows]
+            changed = await direct.transaction(
+                lambda conn: (
+                    execute(
+                        conn, _TYPED_TOUCHED, {"touched_id": rows[1]["id"], "touched_body": "new"}
+                    ).rowcount
+                )
+            )
+        assert inserted.rowcount == 2
+        assert changed == 1
+        # Only the statement handed to SQLAlchemy on purpose went through its execution.
+        assert [s for s in seen if "typed" in s] == [
+            "INSERT INTO typed (id, at, day, status, body, n) VALUES (?, ?, ?, ?, ?, ?)"
+        ]
+        async with engine.connect() as conn:
+            stored = {
+                r.id: r for r in (await conn.execute(select(_typed).order_by(_typed.c.n))).all()
+            }
+        # The rows the driver stored read back through SQLAlchemy as given...
+        first = stored[rows[0]["id"]]
+        assert tuple(first) == tuple(rows[0].values())
+        assert first.at.tzinfo is not None and first.at == rows[0]["at"]
+        assert stored[rows[1]["id"]].body == "new" and stored[rows[1]["id"]].day is None
+        # ...stored as SQLAlchemy stores them (the same text in the file)...
+        raw = sqlite3.connect(path)
+        by_hand = raw.execute("SELECT at, id FROM typed WHERE n = 0").fetchone()
+        by_orm = raw.execute("SELECT at, id FROM typed WHERE n = 5").fetchone()
+        raw.close()
+        assert by_hand[0] == by_orm[0]  # the same timestamp, as the same text
+        assert (by_hand[1], by_orm[1]) == (rows[0]["id"].hex, by_sqlalchemy["id"].hex)
+        # ...and the driver's reading is SQLAlchemy's, type for type.
+        assert fast[0] == tuple(first)
+        assert [type(v) for v in fast[0]] == [type(v) for v in first]
+        assert fast[0].id == rows[0]["id"] and fast[0].at == at
+    finally:
+        direct.close()
+        await engine.dispose()
+
+
+async def test_a_constant_statement_missing_a_value_or_failing_behaves_as_through_sqlalchemy(
+    tmp_path,
+):
+    path = tmp_path / "typed.db"
+    sync = create_sync_engine(f"sqlite:///{path}")
+    _typed.metadata.create_all(sync)
+    sync.dispose()
+    settings = Settings(**TEST_SETTINGS, database_url=f"sqlite+aiosqlite:///{path}")
+    engine = create_engine(settings)
+    direct = Direct(engine)
+    row = {"id": uuid.uuid4(), "at": datetime.now(UTC), "status": "x", "body": "b"}
+    try:
+        # No `n`, no `day`: SQLAlchemy runs it, and the column's default applies (the driver
+        # would have stored NULL).
+        await direct.transaction(lambda conn: execute(conn, _INSERT_TYPED, row))
+        got = await direct.first(_TYPED_BY_ID, {"id": row["id"]})
+        assert got is not None and got.n == 7 and got.day is None
+        # A taken key is SQLAlchemy's IntegrityError, and the transaction is rolled back.
+        other = {**row, "id": uuid.uuid4(), "n": 1, "day": None}
+
+        def duplicate(conn: Connection) -> None:
+            execute(conn, _INSERT_TYPED, other)
+            execute(conn, _INSERT_TYPED, {**row, "n": 2, "day": None})
+
+        with pytest.raises(IntegrityError):
+            await direct.transaction(duplicate)
+        assert await direct.first(_TYPED_BY_ID, {"id": other["id"]}) is None
+    finally:
+        direct.close()
+        await engine.dispose()
+
+
+async def test_a_reply_on_the_embedded_default_writes_its_rows_on_the_driver(client, user, backend):
+    """The writes of a reply's start and end (`begin_reply`'s, the end's, the usage ledger's)
+    do not go through SQLAlchemy's execution on SQLite, and what they store is what the API
+    shows: the messages, complete, with the streamed text, and the day's usage."""
+    if backend != "sqlite":
+        pytest.skip("the driver path is SQLite's")
+    with _sqlalchemy_statements() as seen:
+        stream = await send(client, user.access_token, "Hello")
+    assert stream.terminal.event == "done"
+    written = [s for s in seen if s.lstrip().startswith(("INSERT", "UPDATE", "BEGIN"))]
+    assert written == []
+    items = await messages(client, user.access_token, stream.conversation_id)
+    assert [(m["role"], m["status"], m["content"]) for m in items] == [
+        ("user", "complete", "Hello"),
+        ("assistant", "complete", stream.text),
+    ]
+    usage = await client.get("/api/v1/auth/me/usage", params={"days": 1}, headers=user.headers)
+    assert usage.status_code == 200, usage.text
+    assert usage.json()["items"][0]["replies"] == 1
