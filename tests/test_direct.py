@@ -37,7 +37,7 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.exc import IntegrityError
 
 from alice.core.config import Settings
-from alice.core.database import Direct, constant, create_engine, execute
+from alice.core.database import Direct, constant, create_engine, execute, write_lock
 from alice.main import create_app
 from alice.models.base import UTCDateTime
 from alice.models.message import MessageStatus
@@ -159,6 +159,54 @@ async def test_a_transaction_that_would_wait_for_a_lock_goes_to_the_engine_and_r
     check = sqlite3.connect(path)
     assert [r[0] for r in check.execute("SELECT x FROM t ORDER BY x")] == [1, 2, 3, 4]
     check.close()
+
+
+async def test_writes_behind_this_process_s_waiting_writer_wait_for_it_then_run_inline(tmp_path):
+    """While a transaction of this process waits in aiosqlite's thread holding SQLite's lock,
+    Direct's transactions wait for it on the process's write lock and then run on the loop,
+    in order: not each through the thread after failing at SQLite's lock."""
+    path = _wal_file(tmp_path)
+    settings = Settings(**TEST_SETTINGS, database_url=f"sqlite+aiosqlite:///{path}")
+    engine = create_engine(settings)
+    direct = Direct(engine)
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_writer() -> None:
+        async with write_lock(engine), engine.begin() as conn:
+            await conn.execute(insert(_t).values(x=10))  # SQLite's write lock is taken
+            holding.set()
+            await release.wait()
+
+    ran_on: list[tuple[int, bool]] = []
+
+    def adds(x: int) -> Callable[[Connection], None]:
+        def work(conn: Connection) -> None:
+            # Inline: SQLite's own driver connection, on the loop (the async engine's is
+            # aiosqlite's, whose statements go to its thread).
+            inline = type(conn.connection.dbapi_connection) is sqlite3.Connection
+            ran_on.append((x, inline))
+            conn.execute(insert(_t).values(x=x))
+
+        return work
+
+    try:
+        writer = asyncio.create_task(slow_writer())
+        await holding.wait()
+        waiting = [asyncio.create_task(direct.transaction(adds(x))) for x in (11, 12, 13)]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in waiting)  # they wait for the writer in hand...
+        assert ran_on == []  # ...without trying SQLite's lock over and over
+        release.set()
+        await asyncio.gather(writer, *waiting)
+        # Then each ran once, on the loop (inline), in the order they came.
+        assert ran_on == [(11, True), (12, True), (13, True)]
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(_t.c.x).order_by(_t.c.x))).all()
+        assert [r.x for r in rows] == [1, 10, 11, 12, 13]
+    finally:
+        direct.close()
+        await engine.dispose()
 
 
 async def test_an_inline_transaction_commits_all_or_nothing(tmp_path):

@@ -108,6 +108,10 @@ def write_lock(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[An
     ran into "database is locked". Elsewhere, nothing."""
     if engine.dialect.name != "sqlite":
         return contextlib.nullcontext()
+    return _sqlite_write_lock(engine)
+
+
+def _sqlite_write_lock(engine: AsyncEngine) -> asyncio.Lock:
     lock = _sqlite_write_locks.get(engine)
     if lock is None:
         lock = _sqlite_write_locks[engine] = asyncio.Lock()
@@ -388,17 +392,35 @@ class Direct:
 
     async def transaction(self, work: Callable[[Connection], _T]) -> _T:
         """`work(connection)` in one transaction: committed when it returns, rolled back when
-        it raises. It may run twice (once inline, rolled back at the lock, then through the
-        async engine), so it must do nothing but statements on the connection."""
-        if self.inline:
+        it raises. It may run more than once (inline, rolled back at the lock, then again),
+        so it must do nothing but statements on the connection.
+
+        Inline first. While another writer of this process holds SQLite's lock (a transaction
+        waiting in aiosqlite's thread, a checkpoint emptying the WAL), the work waits for it
+        on the process's write lock and then runs inline: trying inline meanwhile would fail
+        at the lock and send every write of the moment through the thread, one after the
+        other (that cascade was a tenth of the CPU at 1,000 replies). Only when SQLite is
+        still locked then (another process) does it go through the async engine, which waits
+        without stopping the loop."""
+        if not self.inline:
+            async with write_lock(self._engine), self._engine.begin() as conn:
+                return await conn.run_sync(work)
+        lock = _sqlite_write_lock(self._engine)
+        if not lock.locked():
+            try:
+                return self._write_inline(work)
+            except OperationalError as exc:
+                if not _sqlite_busy(exc):
+                    raise
+        async with lock:
             try:
                 return self._write_inline(work)
             except OperationalError as exc:
                 if not _sqlite_busy(exc):
                     raise
                 log.debug("an inline transaction would wait; it goes through the async engine")
-        async with write_lock(self._engine), self._engine.begin() as conn:
-            return await conn.run_sync(work)
+            async with self._engine.begin() as conn:
+                return await conn.run_sync(work)
 
     def _read_inline(
         self, statement: Select[*_Ts], params: Mapping[str, object] | None
@@ -459,15 +481,18 @@ class Direct:
         PASSIVE first: it never makes a writer wait. But under steady writes the WAL never
         empties (new frames come while it copies), so it never starts again from its
         beginning; once it holds more than `WAL_RESTART_FRAMES`, a TRUNCATE checkpoint waits
-        for the writer in hand, holds new ones off while it copies the rest (inline writes
-        meanwhile go through the async engine, which waits in its thread), and empties it."""
+        for the writer in hand, holds new ones off while it copies the rest (this process's
+        writers wait for it on the write lock), and empties it."""
         try:
             async with self._engine.connect() as conn:
                 result = await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
                 row: Any = result.one()  # (busy, frames in the WAL, frames copied)
                 frames = row[1]
                 if frames > WAL_RESTART_FRAMES:
-                    await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                    # Under the process's write lock: this process's writers wait for it
+                    # there and then run inline, rather than fail at SQLite's lock.
+                    async with write_lock(self._engine):
+                        await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         except Exception:  # noqa: BLE001 - the next one tries again
             log.warning("WAL checkpoint failed", exc_info=True)
 
