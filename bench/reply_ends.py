@@ -56,6 +56,19 @@ def _end(services: Any, user_id: uuid.UUID, message_id: uuid.UUID) -> Callable[[
     return work
 
 
+def sqlite_settings(data: Path) -> Settings:
+    """The embedded default in `data`, with no rate limits and cheap Argon2 (a bench of the
+    database, not of logins)."""
+    return Settings(
+        data_dir=data,
+        database_url=f"sqlite+aiosqlite:///{data / 'alice.db'}",
+        rate_limit_enabled=False,
+        argon2_time_cost=1,
+        argon2_memory_kib=1024,
+        argon2_parallelism=1,
+    )
+
+
 async def run(settings: Settings, replies: int, per_commit: int, rounds: int) -> None:
     app = create_app(settings)
     alone: list[float] = []
@@ -98,14 +111,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     data = Path(tempfile.mkdtemp(prefix="alice-bench-ends-"))
-    settings = Settings(
-        data_dir=data,
-        database_url=f"sqlite+aiosqlite:///{data / 'alice.db'}",
-        rate_limit_enabled=False,
-        argon2_time_cost=1,
-        argon2_memory_kib=1024,
-        argon2_parallelism=1,
-    )
+    settings = sqlite_settings(data)
     upgrade(settings)  # before the loop: it runs one of its own
     try:
         asyncio.run(run(settings, args.replies, args.per_commit, args.rounds))

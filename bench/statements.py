@@ -31,6 +31,7 @@ from alice.core.migrate import upgrade
 from alice.main import create_app
 from alice.models import MessageStatus
 from alice.services import auth, branches, generation
+from bench.reply_ends import sqlite_settings
 
 
 async def _seed(settings: Settings) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID, uuid.UUID]:
@@ -58,14 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     data = Path(tempfile.mkdtemp(prefix="alice-bench-statements-"))
     db = data / "alice.db"
-    settings = Settings(
-        data_dir=data,
-        database_url=f"sqlite+aiosqlite:///{db}",
-        rate_limit_enabled=False,
-        argon2_time_cost=1,
-        argon2_memory_kib=1024,
-        argon2_parallelism=1,
-    )
+    settings = sqlite_settings(data)
     try:
         upgrade(settings)
         user_id, session_id, conversation_id, message_id = asyncio.run(_seed(settings))

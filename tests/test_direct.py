@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alice.core.config import Settings
 from alice.core.database import Direct, constant, create_engine, execute, write_lock
@@ -457,12 +458,9 @@ def _sqlalchemy_statements() -> Iterator[list[str]]:
         event.remove(Engine, "before_cursor_execute", record)
 
 
-async def test_constant_statements_run_on_the_driver_and_store_and_read_what_sqlalchemy_does(
-    tmp_path,
-):
-    """A `constant` statement on an inline connection skips SQLAlchemy's execution, not its
-    types: what it stores, SQLAlchemy reads back as it stored it itself, and what it reads
-    equals SQLAlchemy's reading, type for type (UUIDs, aware timestamps, dates, text)."""
+@pytest.fixture
+async def typed(tmp_path: Path) -> AsyncIterator[tuple[Direct, AsyncEngine, Path]]:
+    """Direct, its async engine and the file, on a database of the table `_typed`."""
     path = tmp_path / "typed.db"
     sync = create_sync_engine(f"sqlite:///{path}")
     _typed.metadata.create_all(sync)
@@ -470,6 +468,20 @@ async def test_constant_statements_run_on_the_driver_and_store_and_read_what_sql
     settings = Settings(**TEST_SETTINGS, database_url=f"sqlite+aiosqlite:///{path}")
     engine = create_engine(settings)
     direct = Direct(engine)
+    try:
+        yield direct, engine, path
+    finally:
+        direct.close()
+        await engine.dispose()
+
+
+async def test_constant_statements_run_on_the_driver_and_store_and_read_what_sqlalchemy_does(
+    typed,
+):
+    """A `constant` statement on an inline connection skips SQLAlchemy's execution, not its
+    types: what it stores, SQLAlchemy reads back as it stored it itself, and what it reads
+    equals SQLAlchemy's reading, type for type (UUIDs, aware timestamps, dates, text)."""
+    direct, engine, path = typed
     assert direct.inline
     at = datetime(2026, 12, 7, 21, 4, 41, 123456, tzinfo=UTC)
     rows = [
@@ -484,79 +496,63 @@ async def test_constant_statements_run_on_the_driver_and_store_and_read_what_sql
         for i in range(2)
     ]
     by_sqlalchemy = {**rows[0], "id": uuid.uuid4(), "n": 5}
-    try:
-        with _sqlalchemy_statements() as seen:
-            inserted = await direct.transaction(lambda conn: execute(conn, _INSERT_TYPED, rows))
-            await direct.transaction(lambda conn: conn.execute(_INSERT_TYPED, by_sqlalchemy))
-            fast = [await direct.first(_TYPED_BY_ID, {"id": r["id"]}) for r in rows]
-            changed = await direct.transaction(
-                lambda conn: (
-                    execute(
-                        conn, _TYPED_TOUCHED, {"touched_id": rows[1]["id"], "touched_body": "new"}
-                    ).rowcount
-                )
+    with _sqlalchemy_statements() as seen:
+        inserted = await direct.transaction(lambda conn: execute(conn, _INSERT_TYPED, rows))
+        await direct.transaction(lambda conn: conn.execute(_INSERT_TYPED, by_sqlalchemy))
+        fast = [await direct.first(_TYPED_BY_ID, {"id": r["id"]}) for r in rows]
+        changed = await direct.transaction(
+            lambda conn: (
+                execute(
+                    conn, _TYPED_TOUCHED, {"touched_id": rows[1]["id"], "touched_body": "new"}
+                ).rowcount
             )
-        assert inserted.rowcount == 2
-        assert changed == 1
-        # Only the statement handed to SQLAlchemy on purpose went through its execution.
-        assert [s for s in seen if "typed" in s] == [
-            "INSERT INTO typed (id, at, day, status, body, n) VALUES (?, ?, ?, ?, ?, ?)"
-        ]
-        async with engine.connect() as conn:
-            stored = {
-                r.id: r for r in (await conn.execute(select(_typed).order_by(_typed.c.n))).all()
-            }
-        # The rows the driver stored read back through SQLAlchemy as given...
-        first = stored[rows[0]["id"]]
-        assert tuple(first) == tuple(rows[0].values())
-        assert first.at.tzinfo is not None and first.at == rows[0]["at"]
-        assert stored[rows[1]["id"]].body == "new" and stored[rows[1]["id"]].day is None
-        # ...stored as SQLAlchemy stores them (the same text in the file)...
-        raw = sqlite3.connect(path)
-        by_hand = raw.execute("SELECT at, id FROM typed WHERE n = 0").fetchone()
-        by_orm = raw.execute("SELECT at, id FROM typed WHERE n = 5").fetchone()
-        raw.close()
-        assert by_hand[0] == by_orm[0]  # the same timestamp, as the same text
-        assert (by_hand[1], by_orm[1]) == (rows[0]["id"].hex, by_sqlalchemy["id"].hex)
-        # ...and the driver's reading is SQLAlchemy's, type for type.
-        assert fast[0] == tuple(first)
-        assert [type(v) for v in fast[0]] == [type(v) for v in first]
-        assert fast[0].id == rows[0]["id"] and fast[0].at == at
-    finally:
-        direct.close()
-        await engine.dispose()
+        )
+    assert inserted.rowcount == 2
+    assert changed == 1
+    # Only the statement handed to SQLAlchemy on purpose went through its execution.
+    assert [s for s in seen if "typed" in s] == [
+        "INSERT INTO typed (id, at, day, status, body, n) VALUES (?, ?, ?, ?, ?, ?)"
+    ]
+    async with engine.connect() as conn:
+        stored = {r.id: r for r in (await conn.execute(select(_typed).order_by(_typed.c.n))).all()}
+    # The rows the driver stored read back through SQLAlchemy as given...
+    first = stored[rows[0]["id"]]
+    assert tuple(first) == tuple(rows[0].values())
+    assert first.at.tzinfo is not None and first.at == rows[0]["at"]
+    assert stored[rows[1]["id"]].body == "new" and stored[rows[1]["id"]].day is None
+    # ...stored as SQLAlchemy stores them (the same text in the file)...
+    raw = sqlite3.connect(path)
+    by_hand = raw.execute("SELECT at, id FROM typed WHERE n = 0").fetchone()
+    by_orm = raw.execute("SELECT at, id FROM typed WHERE n = 5").fetchone()
+    raw.close()
+    assert by_hand[0] == by_orm[0]  # the same timestamp, as the same text
+    assert (by_hand[1], by_orm[1]) == (rows[0]["id"].hex, by_sqlalchemy["id"].hex)
+    # ...and the driver's reading is SQLAlchemy's, type for type.
+    assert fast[0] == tuple(first)
+    assert [type(v) for v in fast[0]] == [type(v) for v in first]
+    assert fast[0].id == rows[0]["id"] and fast[0].at == at
 
 
 async def test_a_constant_statement_missing_a_value_or_failing_behaves_as_through_sqlalchemy(
-    tmp_path,
+    typed,
 ):
-    path = tmp_path / "typed.db"
-    sync = create_sync_engine(f"sqlite:///{path}")
-    _typed.metadata.create_all(sync)
-    sync.dispose()
-    settings = Settings(**TEST_SETTINGS, database_url=f"sqlite+aiosqlite:///{path}")
-    engine = create_engine(settings)
-    direct = Direct(engine)
+    direct, engine, path = typed
     row = {"id": uuid.uuid4(), "at": datetime.now(UTC), "status": "x", "body": "b"}
-    try:
-        # No `n`, no `day`: SQLAlchemy runs it, and the column's default applies (the driver
-        # would have stored NULL).
-        await direct.transaction(lambda conn: execute(conn, _INSERT_TYPED, row))
-        got = await direct.first(_TYPED_BY_ID, {"id": row["id"]})
-        assert got is not None and got.n == 7 and got.day is None
-        # A taken key is SQLAlchemy's IntegrityError, and the transaction is rolled back.
-        other = {**row, "id": uuid.uuid4(), "n": 1, "day": None}
+    # No `n`, no `day`: SQLAlchemy runs it, and the column's default applies (the driver
+    # would have stored NULL).
+    await direct.transaction(lambda conn: execute(conn, _INSERT_TYPED, row))
+    got = await direct.first(_TYPED_BY_ID, {"id": row["id"]})
+    assert got is not None and got.n == 7 and got.day is None
+    # A taken key is SQLAlchemy's IntegrityError, and the transaction is rolled back.
+    other = {**row, "id": uuid.uuid4(), "n": 1, "day": None}
 
-        def duplicate(conn: Connection) -> None:
-            execute(conn, _INSERT_TYPED, other)
-            execute(conn, _INSERT_TYPED, {**row, "n": 2, "day": None})
+    def duplicate(conn: Connection) -> None:
+        execute(conn, _INSERT_TYPED, other)
+        execute(conn, _INSERT_TYPED, {**row, "n": 2, "day": None})
 
-        with pytest.raises(IntegrityError):
-            await direct.transaction(duplicate)
-        assert await direct.first(_TYPED_BY_ID, {"id": other["id"]}) is None
-    finally:
-        direct.close()
-        await engine.dispose()
+    with pytest.raises(IntegrityError):
+        await direct.transaction(duplicate)
+    assert await direct.first(_TYPED_BY_ID, {"id": other["id"]}) is None
 
 
 async def test_a_reply_on_the_embedded_default_writes_its_rows_on_the_driver(client, user, backend):
