@@ -275,6 +275,39 @@ async def test_the_wal_is_checkpointed_and_emptied_while_inline_writes_go_on(tmp
     assert any(b < a for a, b in zip(sizes, sizes[1:], strict=False))  # emptied along the way
 
 
+async def test_a_checkpoint_waiting_for_the_write_lock_holds_no_connection(tmp_path, monkeypatch):
+    """The TRUNCATE checkpoint takes the write lock before a connection, as every writer
+    does: with one connection in the pool, a holder of the lock that needs a connection gets
+    it while the checkpoint waits (the other order kept it until the pool's timeout), and the
+    checkpoint then empties the WAL."""
+    from alice.core import database
+
+    monkeypatch.setattr(database, "WAL_RESTART_FRAMES", 0)
+    path = _wal_file(tmp_path)
+    wal = path.with_name(path.name + "-wal")
+    settings = Settings(
+        **{**TEST_SETTINGS, "database_pool_size": 1}, database_url=f"sqlite+aiosqlite:///{path}"
+    )
+    engine = create_engine(settings)
+    direct = Direct(engine)
+    try:
+        await direct.transaction(lambda conn: conn.execute(insert(_t).values(x=20)))
+        assert wal.stat().st_size > 0
+        async with write_lock(engine):
+            checkpoint = asyncio.create_task(direct.checkpoint())
+            await asyncio.sleep(0.1)  # its PASSIVE part is done; it waits for the lock
+            assert not checkpoint.done()
+            async with asyncio.timeout(5), engine.begin() as conn:
+                await conn.execute(insert(_t).values(x=21))
+        await asyncio.wait_for(checkpoint, 5)
+        assert wal.stat().st_size == 0  # TRUNCATE emptied it
+        rows = await direct.all(select(_t.c.x).order_by(_t.c.x))
+        assert [r.x for r in rows] == [1, 20, 21]
+    finally:
+        direct.close()
+        await engine.dispose()
+
+
 async def test_an_in_memory_database_is_read_through_the_engine():
     settings = Settings(**TEST_SETTINGS, database_url="sqlite+aiosqlite://")
     engine = create_engine(settings)

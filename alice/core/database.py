@@ -487,12 +487,12 @@ class Direct:
             async with self._engine.connect() as conn:
                 result = await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
                 row: Any = result.one()  # (busy, frames in the WAL, frames copied)
-                frames = row[1]
-                if frames > WAL_RESTART_FRAMES:
-                    # Under the process's write lock: this process's writers wait for it
-                    # there and then run inline, rather than fail at SQLite's lock.
-                    async with write_lock(self._engine):
-                        await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            if row[1] > WAL_RESTART_FRAMES:  # frames in the WAL
+                # Under the process's write lock, taken before a connection as every writer
+                # takes them (the other order could wait for a connection a lock holder
+                # needs): this process's writers wait for it there, then run inline.
+                async with write_lock(self._engine), self._engine.connect() as conn:
+                    await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         except Exception:  # noqa: BLE001 - the next one tries again
             log.warning("WAL checkpoint failed", exc_info=True)
 
