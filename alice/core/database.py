@@ -158,7 +158,7 @@ class _Plan:
     """A constant statement compiled for SQLite: its SQL, its parameters in order with their
     processors (the statement's own values processed once), its columns' processors."""
 
-    __slots__ = ("sql", "names", "fixed", "binds", "required", "results", "row", "is_insert")
+    __slots__ = ("sql", "names", "fixed", "binds", "required", "convert", "row", "is_insert")
 
     def __init__(self, statement: Executable, dialect: Dialect) -> None:
         compiled: Any = cast(Any, statement).compile(dialect=dialect)
@@ -186,13 +186,16 @@ class _Plan:
                 self.required.add(name)
             else:
                 self.fixed[name] = process(bind.value) if process else bind.value
-        self.results: tuple[Callable[[Any], Any] | None, ...] | None = None
+        # A SELECT's rows: named tuples of its columns, the columns with a processor (UUIDs,
+        # timestamps...) converted, the others (text, integers) as the driver gives them.
+        self.convert: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
         self.row: Any = None
         if isinstance(statement, Select):
             columns = statement.selected_columns
-            self.results = tuple(
+            processors = (
                 c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
             )
+            self.convert = tuple((i, p) for i, p in enumerate(processors) if p is not None)
             self.row = namedtuple("Row", list(columns.keys()))  # type: ignore[misc]
 
     def args(self, params: Mapping[str, Any]) -> list[Any] | None:
@@ -210,13 +213,18 @@ class _Plan:
         return out
 
     def rows(self, cursor: sqlite3.Cursor) -> list[Any]:
-        results, row = self.results, self.row
-        if results is None:
+        if self.row is None:
             return []
-        return [
-            row(*[p(v) if p is not None else v for p, v in zip(results, raw, strict=True)])
-            for raw in cursor.fetchall()
-        ]
+        make, convert = self.row._make, self.convert
+        if not convert:
+            return [make(raw) for raw in cursor.fetchall()]
+        out = []
+        for raw in cursor.fetchall():
+            values = list(raw)
+            for i, process in convert:
+                values[i] = process(values[i])
+            out.append(make(values))
+        return out
 
 
 def _plan(statement: Executable, dialect: Dialect) -> _Plan | None:
