@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -456,6 +457,42 @@ async def test_reply_ends_waiting_together_share_one_commit_and_a_failing_one_si
     orders = [("user-b", "1"), ("user-a", "2"), ("user-a", "1")]
     await asyncio.gather(*(generations._commit_end(named(o), o) for o in orders))
     assert ran == [("user-a", "1"), ("user-a", "2"), ("user-b", "1")]
+
+
+async def test_a_crowd_of_reply_ends_commits_in_bounded_batches_and_frees_the_loop_between(
+    app, monkeypatch
+):
+    """Through the private seam (`_commit_end`, as above): an inline transaction holds the
+    event loop, so 60 ends waiting together are not one transaction of 60 but batches of at
+    most 25 (three), each caller gets its own end's result, and another task runs between two
+    batches (every stream's next token waits for the batch in hand, not for all of them)."""
+    generations = app.state.services.generations
+    direct = generations._direct
+    events: list[str] = []
+    real = direct.transaction
+
+    async def counted(work):
+        events.append("transaction")
+        return await real(work)
+
+    monkeypatch.setattr(direct, "transaction", counted)
+    ticking = True
+
+    async def ticker():
+        while ticking:
+            events.append("tick")
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(ticker())
+    results = await asyncio.gather(
+        *(generations._commit_end(lambda conn, i=i: i % 3 == 0) for i in range(60))
+    )
+    ticking = False
+    await other
+    assert results == [i % 3 == 0 for i in range(60)]
+    batches = [i for i, event in enumerate(events) if event == "transaction"]
+    assert len(batches) == 3
+    assert all("tick" in events[a + 1 : b] for a, b in itertools.pairwise(batches))
 
 
 async def test_mock_provider_streams_word_by_word(app, client, user):
