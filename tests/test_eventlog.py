@@ -709,3 +709,49 @@ async def test_close_ends_remote_readers(redis_env: RedisEnv) -> None:
     await b.close()
     with pytest.raises(KeyError):
         await asyncio.wait_for(waiting, 2.0)
+
+
+def test_the_tailer_s_hand_packed_xread_is_the_command_redis_py_packs() -> None:
+    """`resp.xread` (the tailer's XREAD, packed by hand) sends byte for byte what redis-py
+    packs for the same command, non-ASCII keys and ids included."""
+    from redis.asyncio.connection import Connection
+
+    from alice.services.eventlog.redis.resp import bulk, xread
+
+    keys = ["p:{a}:events", "p:{b}:events", "p:{ü}:events"]
+    ids = ["0-0", "0-17", "0-123456"]
+    packed = xread(512, 250, [bulk(k.encode()) for k in keys], [bulk(i.encode()) for i in ids])
+    reference = Connection().pack_command(
+        "XREAD", "COUNT", 512, "BLOCK", 250, "STREAMS", *keys, *ids
+    )
+    assert packed == b"".join(reference)
+
+
+@needs_redis
+async def test_a_packed_command_cancelled_mid_reply_never_hands_its_connection_on(
+    redis_env: RedisEnv,
+) -> None:
+    """A command sent packed (`resp.send_packed`, as the tailer's blocking XREAD) and cancelled
+    while Redis still owes its reply: the connection is closed (redis-py's `read_response`
+    does it; the tailer relies on it), so the next command on the same one-connection client
+    reads its own reply, not the late one of the cancelled command."""
+    from redis.asyncio import Redis
+
+    from alice.services.eventlog.redis.resp import bulk, send_packed
+
+    client = Redis.from_url(REDIS_URL, decode_responses=True, max_connections=1)
+    key = f"alicetest:{redis_env.tag}:list"
+    blpop = b"*3\r\n" + bulk(b"BLPOP") + bulk(key.encode()) + bulk(b"5")
+    try:
+        waiting = asyncio.create_task(send_packed(client, blpop))
+        await asyncio.sleep(0.1)  # Redis now blocks on the list for this connection
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await redis_env.raw.rpush(key, "late")
+        ping = b"*1\r\n" + bulk(b"PING")
+        assert await asyncio.wait_for(send_packed(client, ping), 2) == "PONG"
+        # The cancelled BLPOP took nothing: its connection was gone before the push.
+        assert await redis_env.raw.lrange(key, 0, -1) == ["late"]
+    finally:
+        await client.aclose()

@@ -20,16 +20,28 @@ from redis.asyncio import Redis
 from alice.services.eventlog.base import Entry, LogState, LogUnavailableError
 from alice.services.eventlog.memory import FrameFollower, GenLog, LogFollower
 from alice.services.eventlog.redis.keys import DOWN_ERRORS, Keys, Warner
+from alice.services.eventlog.redis.resp import bulk, send_packed, xread
 
 
 class _Mirror:
     """Local copy of a remote reply's log, fed by the catch-up XRANGE and the tailer."""
 
-    __slots__ = ("gen", "key", "meta_key", "log", "readers", "ready", "read_from", "tailing")
+    __slots__ = (
+        "gen",
+        "key",
+        "packed_key",
+        "meta_key",
+        "log",
+        "readers",
+        "ready",
+        "read_from",
+        "tailing",
+    )
 
     def __init__(self, gen: uuid.UUID, keys: Keys, cap: int) -> None:
         self.gen = gen
         self.key = keys.events(gen)
+        self.packed_key = bulk(self.key.encode())  # for the tailer's XREAD (`resp.xread`)
         self.meta_key = keys.meta(gen)
         self.log = GenLog(cap, gen)
         self.readers = 0
@@ -134,12 +146,18 @@ class RemoteFrames(_MirrorReader):
 
 
 def parse_entries(items: Any) -> list[Entry]:
-    """Entries of an XRANGE/XREAD reply as redis-py parses it: ``[(id, {field: value})]``."""
+    """Entries of an XRANGE/XREAD reply as redis-py parses it: ``[(id, {field: value})]``,
+    or as Redis sent it (the tailer's, `resp.send_packed`): ``[[id, [field, value, ...]]]``."""
     out: list[Entry] = []
     for entry_id, fields in items or ():
         ms, _, seq = str(entry_id).partition("-")
         if ms != "0" or not seq.isdigit():
             continue
+        if type(fields) is list:
+            if len(fields) == 4 and fields[0] == "e" and fields[2] == "d":  # as written
+                out.append(Entry(int(seq), fields[1], fields[3]))
+                continue
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
         fields = fields or {}
         out.append(Entry(int(seq), str(fields.get("e", "")), str(fields.get("d", ""))))
     return out
@@ -291,14 +309,19 @@ class Mirrors:
                 self._tail_wake.clear()
                 await self._tail_wake.wait()
                 continue
-            streams = {key: f"0-{m.read_from}" for key, m in tailing.items()}
+            followed = list(tailing.values())
             started = time.monotonic()
             response: Any
             try:
-                response = await self._tail_redis.xread(
-                    streams,  # type: ignore[arg-type]  # redis-py types the mapping invariantly
-                    count=self._tail_count,
-                    block=self._tail_block_ms,
+                # Packed by hand and read as Redis sent it (`resp.py` says why).
+                response = await send_packed(
+                    self._tail_redis,
+                    xread(
+                        self._tail_count,
+                        self._tail_block_ms,
+                        [m.packed_key for m in followed],
+                        [bulk(b"0-%d" % m.read_from) for m in followed],
+                    ),
                 )
             except DOWN_ERRORS as exc:
                 self._warn("tail", "event log: Redis read failed (%s); retrying", exc)
