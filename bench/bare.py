@@ -9,6 +9,9 @@ token at once, then one every `delay` ms). `GET /health` is there for the readin
 the upstream (the fake Anthropic server, `--upstream`) for the same reply ALICE's benchmark asks
 for, reads its stream with aiohttp (one session, no connection cap) and writes each text delta
 as an SSE `token` event in ALICE's wire format; no database, auth, log or metrics.
+`GET /relay-sdk?…` is the same relay reading upstream through the official SDK exactly as ALICE
+reads it (`AnthropicProvider.stream`): what the SDK costs on its own, which ALICE must pay and
+the bare relay does not.
 
 Run: `python -m bench.bare --port P [--upstream http://127.0.0.1:FAKE_PORT]`.
 """
@@ -22,6 +25,7 @@ import resource
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import uvicorn
@@ -89,19 +93,19 @@ _UPSTREAM_HEADERS = {
 }
 
 
-async def relay_route(request: Request) -> Response:
+def _prompt(request: Request) -> str:
+    """The message ALICE's benchmark sends for its stream `i` (bench/client.py), without the
+    system prompt and history ALICE adds."""
     n = min(int(request.query_params.get("n", "50")), 10_000)
     delay = int(request.query_params.get("delay", "20"))
     i = request.query_params.get("i", "0")
-    session: aiohttp.ClientSession = request.app.state.session
-    # The body ALICE sends for the benchmark's stream `i` (bench/client.py), without the
-    # system prompt and history ALICE adds.
-    body = {
-        "model": "bench-model",
-        "max_tokens": 1024,
-        "stream": True,
-        "messages": [{"role": "user", "content": f"Stream {i} [[tokens:{n}]] [[delay:{delay}]]"}],
-    }
+    return f"Stream {i} [[tokens:{n}]] [[delay:{delay}]]"
+
+
+def _relayed(texts: AsyncIterator[list[str]]) -> Response:
+    """The reply's SSE events in ALICE's wire format, the text deltas as they come: a
+    `conversation` event, a `token` event each (the deltas of one batch in one write), then
+    `done`."""
     mid = str(uuid.uuid4())
     cid = str(uuid.uuid4())
 
@@ -110,26 +114,15 @@ async def relay_route(request: Request) -> Response:
         yield f"retry: 1000\nid: {mid}:1\nevent: conversation\ndata: {conversation}\n\n".encode()
         seq = 1
         index = 0
-        pending = b""
-        url = f"{UPSTREAM['url']}/v1/messages"
-        async with session.post(url, json=body, headers=_UPSTREAM_HEADERS) as upstream:
-            async for chunk in upstream.content.iter_any():
-                pending += chunk
-                *blocks, pending = pending.split(b"\n\n")
-                out = []
-                for block in blocks:
-                    start = block.find(b"data: ")
-                    if start < 0:
-                        continue
-                    event = json.loads(block[start + 6 :])
-                    if event.get("type") != "content_block_delta":
-                        continue
-                    seq += 1
-                    data = _dumps({"content": event["delta"]["text"], "index": index})
-                    index += 1
-                    out.append(f"id: {mid}:{seq}\nevent: token\ndata: {data}\n\n".encode())
-                if out:
-                    yield b"".join(out)
+        async for batch in texts:
+            out = []
+            for text in batch:
+                seq += 1
+                data = _dumps({"content": text, "index": index})
+                index += 1
+                out.append(f"id: {mid}:{seq}\nevent: token\ndata: {data}\n\n".encode())
+            if out:
+                yield b"".join(out)
         done = _dumps(
             {
                 "message_id": mid,
@@ -144,16 +137,65 @@ async def relay_route(request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
+async def relay_route(request: Request) -> Response:
+    session: aiohttp.ClientSession = request.app.state.session
+    body = {
+        "model": "bench-model",
+        "max_tokens": 1024,
+        "stream": True,
+        "messages": [{"role": "user", "content": _prompt(request)}],
+    }
+
+    async def texts() -> AsyncIterator[list[str]]:
+        # Each chunk read from upstream: the text deltas of its complete events.
+        pending = b""
+        url = f"{UPSTREAM['url']}/v1/messages"
+        async with session.post(url, json=body, headers=_UPSTREAM_HEADERS) as upstream:
+            async for chunk in upstream.content.iter_any():
+                pending += chunk
+                *blocks, pending = pending.split(b"\n\n")
+                batch = []
+                for block in blocks:
+                    start = block.find(b"data: ")
+                    if start < 0:
+                        continue
+                    event = json.loads(block[start + 6 :])
+                    if event.get("type") == "content_block_delta":
+                        batch.append(event["delta"]["text"])
+                yield batch
+
+    return _relayed(texts())
+
+
+async def relay_sdk_route(request: Request) -> Response:
+    """The relay reading upstream through the official SDK exactly as ALICE does
+    (`AnthropicProvider.stream`: the SDK's request, its aiohttp transport, its SSE decoding),
+    one write per text delta: the SDK's own cost, which the bare relay does not pay."""
+    from alice.services.ai.base import ChatTurn, TextDelta
+
+    provider = request.app.state.provider
+    turns = [ChatTurn("user", _prompt(request))]
+
+    async def texts() -> AsyncIterator[list[str]]:
+        async for event in provider.stream("", turns):
+            if type(event) is TextDelta:
+                yield [event.text]
+
+    return _relayed(texts())
+
+
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     # No cap on connections (limit=0), as ALICE's provider client has none.
     app.state.session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
     )
+    app.state.provider = _sdk_provider()
     try:
         yield
     finally:
         await app.state.session.close()
+        await app.state.provider.aclose()
 
 
 app = Starlette(
@@ -161,10 +203,28 @@ app = Starlette(
         Route("/json", json_route),
         Route("/sse", sse_route),
         Route("/relay", relay_route),
+        Route("/relay-sdk", relay_sdk_route),
         Route("/health", health),
     ],
     lifespan=lifespan,
 )
+
+
+def _sdk_provider() -> Any:
+    """ALICE's provider client (the official SDK on its aiohttp transport, no connection cap),
+    for `/relay-sdk`, against the upstream."""
+    from alice.core.config import Settings
+    from alice.services.ai.anthropic import AnthropicProvider
+
+    settings = Settings(
+        env="test",
+        secret_key="k" * 40,
+        anthropic_api_key="bench-key",
+        anthropic_base_url=UPSTREAM["url"],
+        ai_model="bench-model",
+        ai_max_tokens=1024,
+    )
+    return AnthropicProvider(settings, max_retries=0)
 
 
 def _alice_http() -> object:

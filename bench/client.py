@@ -407,8 +407,8 @@ async def streams(job: dict[str, Any]) -> dict[str, Any]:
                 "Accept": "text/event-stream",
             }
             requests.append(build_request("POST", "/api/v1/chat/message", headers, body))
-        elif job["target"] == "relay":
-            path = f"/relay?n={expected}&delay={job['delay_ms']}&i={i}"
+        elif job["target"] in ("relay", "relay-sdk"):
+            path = f"/{job['target']}?n={expected}&delay={job['delay_ms']}&i={i}"
             requests.append(build_request("GET", path, {"Accept": "text/event-stream"}))
         else:
             path = f"/sse?n={expected}&delay={job['delay_ms']}"
