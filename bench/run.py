@@ -903,6 +903,32 @@ def _per_reply_ms(r: dict[str, Any], n: int) -> str:
     return "?" if not cpu else f"{cpu / n * 1000:.2f}"
 
 
+def _against_sdk_relay(
+    key: str,
+    name: str,
+    unit: str,
+    value: float | None,
+    sdk_value: float | None,
+    relay: float | None,
+    detail: dict[str, Any] | None = None,
+) -> Figure:
+    """A figure without a target: ALICE against the relay that reads through the official SDK
+    (`/relay-sdk`), which ALICE must use; the bare relay reads with aiohttp alone."""
+    return Figure(
+        key=key,
+        name=name,
+        unit=unit,
+        value=value,
+        baseline=sdk_value,
+        baseline_label="relay through the official SDK (/relay-sdk)",
+        ratio=ratio(value, sdk_value),
+        target="- (the SDK's own cost)",
+        met=None,
+        detail=detail or {},
+        relay=relay,
+    )
+
+
 def figure_streams(env: Env, plan: Plan, users: list[User]) -> list[Figure]:
     """Each level on freshly started servers (so that RSS growth is this level's alone), after
     a short warm-up; the bare SSE route (the stack's limit) and the bare relay (the same
@@ -987,21 +1013,15 @@ def figure_streams(env: Env, plan: Plan, users: list[User]) -> list[Figure]:
                 relay=relay_kib,
             )
         )
-        sdk = level.get("relay-sdk")
-        if sdk is not None:
-            # Not a target: the same figure against the relay that reads through the SDK.
+        if "relay-sdk" in level:
             out.append(
-                Figure(
-                    key=f"streams_{n}_kib_per_stream_sdk",
-                    name=f"open streams {n}: memory per stream, against the SDK relay",
-                    unit="KiB",
-                    value=kib,
-                    baseline=sdk["kib_per_stream"],
-                    baseline_label="relay through the official SDK (/relay-sdk)",
-                    ratio=ratio(kib, sdk["kib_per_stream"]),
-                    target="- (the SDK's own cost)",
-                    met=None,
-                    relay=relay_kib,
+                _against_sdk_relay(
+                    f"streams_{n}_kib_per_stream_sdk",
+                    f"open streams {n}: memory per stream, against the SDK relay",
+                    "KiB",
+                    kib,
+                    level["relay-sdk"]["kib_per_stream"],
+                    relay_kib,
                 )
             )
     for n, target_ms in ((plan.gap_level, 30), (plan.gap_level_high, 100)):
@@ -1051,20 +1071,14 @@ def figure_streams(env: Env, plan: Plan, users: list[User]) -> list[Figure]:
         )
         sdk = levels[plan.relay_level].get("relay-sdk")
         if sdk is not None:
-            # Not a target: ALICE against the relay that reads through the official SDK, which
-            # ALICE must use; the bare relay reads with aiohttp alone.
             out.append(
-                Figure(
-                    key="relay_rate_sdk",
-                    name=f"tokens/s at {plan.relay_level} streams, against the SDK relay",
-                    unit="tokens/s",
-                    value=a["rate"],
-                    baseline=sdk["rate"],
-                    baseline_label="relay through the official SDK (/relay-sdk)",
-                    ratio=ratio(a["rate"], sdk["rate"]),
-                    target="- (the SDK's own cost)",
-                    met=None,
-                    relay=r["rate"],
+                _against_sdk_relay(
+                    "relay_rate_sdk",
+                    f"tokens/s at {plan.relay_level} streams, against the SDK relay",
+                    "tokens/s",
+                    a["rate"],
+                    sdk["rate"],
+                    r["rate"],
                     detail={
                         "sdk_relay_cpu_us_per_token": sdk["cpu_us_per_token"],
                         "sdk_relay_share_of_relay": ratio(sdk["rate"], r["rate"]),
