@@ -173,7 +173,7 @@ async def relay_sdk_route(request: Request) -> Response:
     one write per text delta: the SDK's own cost, which the bare relay does not pay."""
     from alice.services.ai.base import ChatTurn, TextDelta
 
-    provider = request.app.state.provider
+    provider = _sdk_provider(request.app)
     turns = [ChatTurn("user", _prompt(request))]
 
     async def texts() -> AsyncIterator[list[str]]:
@@ -190,12 +190,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
     )
-    app.state.provider = _sdk_provider()
+    app.state.provider = None  # made by the first /relay-sdk request (`_sdk_provider`)
     try:
         yield
     finally:
         await app.state.session.close()
-        await app.state.provider.aclose()
+        if app.state.provider is not None:
+            await app.state.provider.aclose()
 
 
 app = Starlette(
@@ -210,21 +211,26 @@ app = Starlette(
 )
 
 
-def _sdk_provider() -> Any:
+def _sdk_provider(app: Starlette) -> Any:
     """ALICE's provider client (the official SDK on its aiohttp transport, no connection cap),
-    for `/relay-sdk`, against the upstream."""
-    from alice.core.config import Settings
-    from alice.services.ai.anthropic import AnthropicProvider
+    for `/relay-sdk`, against the upstream. Made at the first request of that route, not at
+    start-up: the harness restarts this app for each target, and a process serving `/sse` or
+    `/relay` must not carry ALICE's and the SDK's modules (their objects would be walked by
+    every full collection of the garbage collector, and slow the baselines down)."""
+    if app.state.provider is None:
+        from alice.core.config import Settings
+        from alice.services.ai.anthropic import AnthropicProvider
 
-    settings = Settings(
-        env="test",
-        secret_key="k" * 40,
-        anthropic_api_key="bench-key",
-        anthropic_base_url=UPSTREAM["url"],
-        ai_model="bench-model",
-        ai_max_tokens=1024,
-    )
-    return AnthropicProvider(settings, max_retries=0)
+        settings = Settings(
+            env="test",
+            secret_key="k" * 40,
+            anthropic_api_key="bench-key",
+            anthropic_base_url=UPSTREAM["url"],
+            ai_model="bench-model",
+            ai_max_tokens=1024,
+        )
+        app.state.provider = AnthropicProvider(settings, max_retries=0)
+    return app.state.provider
 
 
 def _alice_http() -> object:

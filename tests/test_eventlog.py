@@ -711,6 +711,33 @@ async def test_close_ends_remote_readers(redis_env: RedisEnv) -> None:
         await asyncio.wait_for(waiting, 2.0)
 
 
+def test_entries_read_as_redis_sent_them_are_the_entries_redis_py_would_give() -> None:
+    """The tailer's undictified reply (`[id, [field, value, ...]]`) gives the same entries as
+    redis-py's parsed one: fields in the writers' order or any other, ids not of this log's
+    form (`0-<seq>`) skipped, an entry without fields read as empty."""
+    from alice.services.eventlog.redis.mirror import parse_entries
+
+    raw = [
+        ["0-3", ["e", "token", "d", '{"content": "a"}']],
+        ["0-4", ["d", '{"content": "b"}', "e", "token"]],
+        ["1700000000000-0", ["e", "token", "d", "{}"]],
+        ["0-x", ["e", "token", "d", "{}"]],
+        ["0-5", ["e", "done", "d", "{}", "extra", "1"]],
+        ["0-6", None],
+    ]
+    parsed = [
+        (entry_id, dict(zip(f[::2], f[1::2], strict=True)) if f else None) for entry_id, f in raw
+    ]
+    expected = [
+        Entry(3, "token", '{"content": "a"}'),
+        Entry(4, "token", '{"content": "b"}'),
+        Entry(5, "done", "{}"),
+        Entry(6, "", ""),
+    ]
+    assert parse_entries(raw) == expected
+    assert parse_entries(parsed) == expected
+
+
 def test_the_tailer_s_hand_packed_xread_is_the_command_redis_py_packs() -> None:
     """`resp.xread` (the tailer's XREAD, packed by hand) sends byte for byte what redis-py
     packs for the same command, non-ASCII keys and ids included."""

@@ -157,7 +157,7 @@ def parse_entries(items: Any) -> list[Entry]:
             if len(fields) == 4 and fields[0] == "e" and fields[2] == "d":  # as written
                 out.append(Entry(int(seq), fields[1], fields[3]))
                 continue
-            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+            fields = dict(zip(fields[::2], fields[1::2], strict=False))
         fields = fields or {}
         out.append(Entry(int(seq), str(fields.get("e", "")), str(fields.get("d", ""))))
     return out
