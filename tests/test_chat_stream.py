@@ -123,7 +123,9 @@ async def test_provider_failure_after_tokens_keeps_partial_as_incomplete(live, m
 async def test_provider_hanging_past_max_time_ends_with_time_limit(
     settings, ai_settings, fake_anthropic
 ):
-    s2 = settings.model_copy(update={**ai_settings, "generation_max_seconds": 0.5})
+    # 1 s: the slow reply must have had its first tokens when the limit strikes (a reply with
+    # no text is deleted); at 0.5 s one CI run ended it before its first token.
+    s2 = settings.model_copy(update={**ai_settings, "generation_max_seconds": 1.0})
     async with serve(s2) as (app, url):
         user = await app.state.services.auth.register("h@example.com", "SecurePass123", None)
         import httpx
