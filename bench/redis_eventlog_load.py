@@ -1,7 +1,7 @@
 """Load on Redis of the reply event log: N running replies appending tokens at a steady rate.
 
     python bench/redis_eventlog_load.py --url redis://127.0.0.1:6379/0 \
-        [--replies 1000] [--rate 30] [--seconds 10] [--readers 0]
+        [--replies 1000] [--rate 30] [--seconds 10] [--readers 0] [--default-gc]
 
 One RedisEventLog "process" owns every reply; with ``--readers N`` a second OS process follows
 N of them through its tailer (one reader each) and reports its CPU and the append-to-read
@@ -21,6 +21,7 @@ import uuid
 
 from redis.asyncio import Redis
 
+from alice.main import settle_garbage_collector
 from alice.services.eventlog import Entry
 from alice.services.eventlog.redis import RedisEventLog
 
@@ -57,7 +58,16 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p * len(values)))]
 
 
-async def reader_process(url: str, tag: str, count: int) -> None:
+def settle_gc(default_gc: bool) -> None:
+    """The garbage collector as `alice serve` settles it once started (`alice.main`), unless
+    `--default-gc` keeps Python's: with the defaults the reading process spent ~1.5 s of every
+    10 in collections here (young ones every 700 allocations while an XREAD's reply is built,
+    full ones up to 40 ms), which no ALICE process pays."""
+    if not default_gc:
+        settle_garbage_collector()
+
+
+async def reader_process(url: str, tag: str, count: int, default_gc: bool) -> None:
     """Child: follow ``count`` replies from another process, report CPU and latency."""
     raw = Redis.from_url(url, decode_responses=True)
     gens = [uuid.UUID(g) for g in await raw.lrange(f"alicebench:{tag}:gens", 0, count - 1)]
@@ -69,6 +79,7 @@ async def reader_process(url: str, tag: str, count: int) -> None:
         **settings(tag),  # type: ignore[arg-type]
     )
     await log.start()
+    settle_gc(default_gc)
     latencies: list[float] = []
 
     async def follow(gen: uuid.UUID) -> int:
@@ -101,18 +112,24 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=30.0, help="tokens per second per reply")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--readers", type=int, default=0, help="replies followed remotely")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="Python's default garbage collector, not the one `alice serve` settles",
+    )
     parser.add_argument("--reader-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.url:
         raise SystemExit("--url or ALICE_TEST_REDIS_URL required")
     if args.reader_of:
-        await reader_process(args.url, args.reader_of, args.readers)
+        await reader_process(args.url, args.reader_of, args.readers, args.default_gc)
         return
 
     tag = uuid.uuid4().hex[:8]
     owner = RedisEventLog(args.url, client_name=f"alicebench-{tag}-a", **settings(tag))  # type: ignore[arg-type]
     raw = Redis.from_url(args.url, decode_responses=True)
     await owner.start()
+    settle_gc(args.default_gc)
     child = None
     try:
         gens = [uuid.uuid4() for _ in range(args.replies)]
@@ -131,6 +148,7 @@ async def main() -> None:
                 str(args.readers),
                 "--reader-of",
                 tag,
+                *(["--default-gc"] if args.default_gc else []),
                 stdout=asyncio.subprocess.PIPE,
             )
             assert child.stdout is not None
