@@ -1,7 +1,8 @@
 """Load on Redis of the reply event log: N running replies appending tokens at a steady rate.
 
     python bench/redis_eventlog_load.py --url redis://127.0.0.1:6379/0 \
-        [--replies 1000] [--rate 30] [--seconds 10] [--readers 0] [--default-gc]
+        [--replies 1000] [--rate 30] [--seconds 10] [--readers 0] \
+        [--reader frames|follow] [--default-gc]
 
 One RedisEventLog "process" owns every reply; with ``--readers N`` a second OS process follows
 N of them through its tailer (one reader each) and reports its CPU and the append-to-read
@@ -67,8 +68,10 @@ def settle_gc(default_gc: bool) -> None:
         settle_garbage_collector()
 
 
-async def reader_process(url: str, tag: str, count: int, default_gc: bool) -> None:
-    """Child: follow ``count`` replies from another process, report CPU and latency."""
+async def reader_process(url: str, tag: str, count: int, default_gc: bool, how: str) -> None:
+    """Child: read ``count`` replies from another process, report CPU and latency. Each
+    reader reads as an SSE response does (``frames``: every frame waiting as one bytes,
+    then a wait on a future of its own, `alice.api.sse`), or entry by entry (``follow``)."""
     raw = Redis.from_url(url, decode_responses=True)
     gens = [uuid.UUID(g) for g in await raw.lrange(f"alicebench:{tag}:gens", 0, count - 1)]
     await raw.aclose()
@@ -90,7 +93,43 @@ async def reader_process(url: str, tag: str, count: int, default_gc: bool) -> No
                 latencies.append(time.time() - json.loads(entry.data)["t"])
         return n
 
-    tasks = [asyncio.create_task(follow(g)) for g in gens]
+    async def frames(gen: uuid.UUID) -> int:
+        loop = asyncio.get_running_loop()
+        reader = log.frames(gen, 0)
+        woken = loop.create_future()
+
+        def wake(_: object) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        n = 0
+        try:
+            while True:
+                chunk, _ = reader.take()
+                if chunk:
+                    now = time.time()
+                    for frame in chunk.split(b"\n\n")[:-1]:
+                        n += 1
+                        if b"\nevent: token\n" in frame:
+                            data = frame.partition(b"\ndata: ")[2]
+                            latencies.append(now - json.loads(data)["t"])
+                    continue
+                if reader.ended:
+                    return n
+                changed = reader.changed()
+                if changed.done():
+                    continue
+                woken = loop.create_future()
+                changed.add_done_callback(wake)
+                try:
+                    await woken
+                finally:
+                    changed.remove_done_callback(wake)
+        finally:
+            await reader.aclose()
+
+    read = frames if how == "frames" else follow
+    tasks = [asyncio.create_task(read(g)) for g in gens]
     await asyncio.sleep(0.5)
     print("ready", flush=True)
     cpu0, t0 = time.process_time(), time.monotonic()
@@ -117,12 +156,18 @@ async def main() -> None:
         action="store_true",
         help="Python's default garbage collector, not the one `alice serve` settles",
     )
+    parser.add_argument(
+        "--reader",
+        choices=("frames", "follow"),
+        default="frames",
+        help="how each remote reader reads: as an SSE response (frames), or entry by entry",
+    )
     parser.add_argument("--reader-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.url:
         raise SystemExit("--url or ALICE_TEST_REDIS_URL required")
     if args.reader_of:
-        await reader_process(args.url, args.reader_of, args.readers, args.default_gc)
+        await reader_process(args.url, args.reader_of, args.readers, args.default_gc, args.reader)
         return
 
     tag = uuid.uuid4().hex[:8]
@@ -148,6 +193,8 @@ async def main() -> None:
                 str(args.readers),
                 "--reader-of",
                 tag,
+                "--reader",
+                args.reader,
                 *(["--default-gc"] if args.default_gc else []),
                 stdout=asyncio.subprocess.PIPE,
             )
