@@ -24,6 +24,7 @@ from alice.core.database import Direct, create_engine, create_session_factory
 from alice.core.metrics import Metrics
 from alice.core.middleware import EdgeMiddleware
 from alice.core.ratelimit import RateLimiter
+from alice.core.routing import index_routes
 from alice.core.security import PasswordHashing, TokenCodec
 from alice.services.account_data import AccountData
 from alice.services.accounts import AccountService
@@ -228,6 +229,8 @@ def create_app(settings: Settings | None = None, *, settle_gc: bool = False) -> 
     async def metrics_endpoint() -> PlainTextResponse:
         """Prometheus text format (with ALICE_METRICS_TOKEN set: only for that bearer token)."""
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    index_routes(app.router)
 
     if settings.cors_origin_list:
         app.add_middleware(
