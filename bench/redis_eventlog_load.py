@@ -22,9 +22,11 @@ import uuid
 
 from redis.asyncio import Redis
 
+from alice.api.sse import FeedResponse
 from alice.main import settle_garbage_collector
 from alice.services.eventlog import Entry
 from alice.services.eventlog.redis import RedisEventLog
+from alice.services.replies import ReplyFeed
 
 
 def settings(tag: str) -> dict[str, object]:
@@ -70,8 +72,8 @@ def settle_gc(default_gc: bool) -> None:
 
 async def reader_process(url: str, tag: str, count: int, default_gc: bool, how: str) -> None:
     """Child: read ``count`` replies from another process, report CPU and latency. Each
-    reader reads as an SSE response does (``frames``: every frame waiting as one bytes,
-    then a wait on a future of its own, `alice.api.sse`), or entry by entry (``follow``)."""
+    reader is ALICE's SSE response over the reply's feed (``frames``: `alice.api.sse`, every
+    frame waiting sent as one bytes), or reads entry by entry (``follow``)."""
     raw = Redis.from_url(url, decode_responses=True)
     gens = [uuid.UUID(g) for g in await raw.lrange(f"alicebench:{tag}:gens", 0, count - 1)]
     await raw.aclose()
@@ -94,39 +96,31 @@ async def reader_process(url: str, tag: str, count: int, default_gc: bool, how: 
         return n
 
     async def frames(gen: uuid.UUID) -> int:
-        loop = asyncio.get_running_loop()
-        reader = log.frames(gen, 0)
-        woken = loop.create_future()
-
-        def wake(_: object) -> None:
-            if not woken.done():
-                woken.set_result(None)
-
+        # ALICE's own SSE response over the reply's feed, with the socket left out: `send`
+        # gets what would be written, and the client never leaves.
         n = 0
-        try:
-            while True:
-                chunk, _ = reader.take()
-                if chunk:
-                    now = time.time()
-                    for frame in chunk.split(b"\n\n")[:-1]:
-                        n += 1
-                        if b"\nevent: token\n" in frame:
-                            data = frame.partition(b"\ndata: ")[2]
-                            latencies.append(now - json.loads(data)["t"])
-                    continue
-                if reader.ended:
-                    return n
-                changed = reader.changed()
-                if changed.done():
-                    continue
-                woken = loop.create_future()
-                changed.add_done_callback(wake)
-                try:
-                    await woken
-                finally:
-                    changed.remove_done_callback(wake)
-        finally:
-            await reader.aclose()
+
+        async def send(message: dict[str, object]) -> None:
+            nonlocal n
+            chunk = message.get("body")
+            if not isinstance(chunk, bytes) or not chunk:
+                return
+            now = time.time()
+            for frame in chunk.split(b"\n\n")[:-1]:
+                if frame.startswith(b":"):
+                    continue  # a keep-alive comment
+                n += 1
+                if b"\nevent: token\n" in frame:
+                    latencies.append(now - json.loads(frame.partition(b"\ndata: ")[2])["t"])
+
+        never: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+
+        async def receive() -> dict[str, object]:
+            return await never
+
+        feed = ReplyFeed(log.frames(gen, 0), ping_seconds=15.0)
+        await FeedResponse(feed)({"type": "http", "method": "GET"}, receive, send)  # type: ignore[arg-type]
+        return n
 
     read = frames if how == "frames" else follow
     tasks = [asyncio.create_task(read(g)) for g in gens]
