@@ -272,6 +272,58 @@ async def ttft(job: dict[str, Any]) -> dict[str, Any]:
     return {"alice": alice, "fake": fake, "to_fake": to_fake, "failures": failures}
 
 
+async def relay_ttft(job: dict[str, Any]) -> dict[str, Any]:
+    """The bare relay's and the SDK relay's time to their first `token` event (`bench/bare.py`),
+    and the fake's own time to its first delta for the body they send it, in turn."""
+    port, fake_port, tokens = job["port"], job["fake_port"], job["tokens"]
+    timeout = job.get("timeout", 30)
+    out: dict[str, list[float]] = {"relay": [], "relay-sdk": [], "fake": []}
+    failures: list[str] = []
+    fheaders = {
+        "Content-Type": "application/json",
+        "x-api-key": "bench-key",
+        "anthropic-version": "2023-06-01",
+        "Connection": "close",
+    }
+    for i in range(job["warmup"] + job["count"]):
+        times: dict[str, float] = {}
+        try:
+            for name in ("relay", "relay-sdk"):
+                conn = await Conn.open(port)
+                path = f"/{name}?n={tokens}&delay=20&i={i}"
+                t0 = clock()
+                conn.writer.write(build_request("GET", path, {"Connection": "close"}))
+                first, _ = await _read_until(conn.reader, TOKEN, _TERMINAL_RE, timeout)
+                conn.close()
+                if first is None:
+                    raise RuntimeError(f"{name}: no token")
+                times[name] = first - t0
+            prompt = f"Stream {i} [[tokens:{tokens}]] [[delay:20]]"  # as bench/bare.py sends
+            body = {
+                "model": "bench-model",
+                "max_tokens": 1024,
+                "stream": True,
+                "messages": [{"role": "user", "content": prompt}],
+            }
+            conn = await Conn.open(fake_port)
+            t0 = clock()
+            conn.writer.write(
+                build_request("POST", "/v1/messages", fheaders, json.dumps(body).encode())
+            )
+            first, _ = await _read_until(conn.reader, b"content_block_delta", None, timeout)
+            conn.close()
+            if first is None:
+                raise RuntimeError("fake: no delta")
+            times["fake"] = first - t0
+        except Exception as exc:  # noqa: BLE001 - a failed request is counted, not fatal
+            failures.append(f"{type(exc).__name__}: {exc}")
+            continue
+        if i >= job["warmup"]:
+            for name, value in times.items():
+                out[name].append(value)
+    return {**out, "failures": failures}
+
+
 async def _fake_record(fake_port: int, nonce: str) -> dict[str, Any] | None:
     conn = await Conn.open(fake_port)
     try:
@@ -679,7 +731,14 @@ async def walk(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-MODES = {"ttft": ttft, "streams": streams, "http": http_load, "stall": stall, "walk": walk}
+MODES = {
+    "ttft": ttft,
+    "relay_ttft": relay_ttft,
+    "streams": streams,
+    "http": http_load,
+    "stall": stall,
+    "walk": walk,
+}
 
 
 def main() -> None:

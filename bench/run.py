@@ -651,7 +651,45 @@ def figure_ttft(env: Env, plan: Plan, user: User) -> list[Figure]:
                 detail=detail if q == 50 else {},
             )
         )
+    if env.bare is not None:
+        out.append(_relays_ttft(env, plan, percentile(alice, 50), fake_p50))
     return out
+
+
+def _relays_ttft(env: Env, plan: Plan, alice_p50: float | None, fake_p50: float | None) -> Figure:
+    """The added time to first token of the bare relay and of the SDK relay, each against the
+    fake's own for the body it sends (in turn with them): what the SDK adds on its own."""
+    job = {
+        "mode": "relay_ttft",
+        "port": env.bare_port,
+        "fake_port": env.fake_port,
+        "count": plan.ttft_messages,
+        "warmup": plan.ttft_warmup,
+        "tokens": 5,
+    }
+    r = procs.run_client(job, timeout=300)
+    own = percentile(r["fake"], 50)
+
+    def added(values: list[float]) -> float | None:
+        p50 = percentile(values, 50)
+        return None if p50 is None or own is None else (p50 - own) * 1000
+
+    alice = None if alice_p50 is None or fake_p50 is None else (alice_p50 - fake_p50) * 1000
+    detail = {
+        "relay_ttft_ms": summary_ms(r["relay"]),
+        "sdk_relay_ttft_ms": summary_ms(r["relay-sdk"]),
+        "fake_ttft_ms": summary_ms(r["fake"]),
+        "failures": r["failures"][:5],
+    }
+    return _against_sdk_relay(
+        "ttft_added_p50_vs_sdk_relay",
+        "added time to first token p50, against the SDK relay",
+        "ms",
+        alice,
+        added(r["relay-sdk"]),
+        added(r["relay"]),
+        detail,
+    )
 
 
 def figure_http(env: Env, plan: Plan, me_user: User) -> list[Figure]:
