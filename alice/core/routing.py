@@ -22,8 +22,8 @@ def _static(route: BaseRoute) -> bool:
 
 
 class RouteIndex:
-    """The router's routes by path (built at the first request, and again when routes are
-    added: a route added later still answers, through the router's scan, until then)."""
+    """The router's routes by path: built at the first request, and again at the first one
+    after the number of routes changed (a route replaced in place is not seen)."""
 
     def __init__(self, router: Router) -> None:
         self._router = router
