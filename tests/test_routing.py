@@ -3,15 +3,16 @@ would give it, having tried only the routes that can match its path."""
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import Scope
 
-from alice.core.routing import index_routes
+from alice.core.routing import RouteIndex, index_routes
 
 
 class CountedRoute(Route):
@@ -122,9 +123,39 @@ async def test_a_route_added_after_the_first_request_answers() -> None:
         assert (await c.get("/c")).text == "c-new []"
 
 
-@pytest.mark.parametrize("path", ["/health", "/api/v1/auth/me", "/nowhere"])
-async def test_alice_s_routes_are_found_through_the_index(client: httpx.AsyncClient, path: str):
-    r = await client.get(path)
-    assert r.status_code == {"/health": 200, "/api/v1/auth/me": 401, "/nowhere": 404}[path]
-    if path == "/nowhere":
-        assert r.json()["code"] == "NOT_FOUND"
+def _first_full_match(routes: list[BaseRoute], scope: Scope) -> BaseRoute | None:
+    for route in routes:
+        if route.matches(scope)[0] is Match.FULL:
+            return route
+    return None
+
+
+def test_every_route_of_alice_is_found_through_the_index_as_the_scan_finds_it(app) -> None:
+    """ALICE's app finds its routes through the index, and for every route and method of its
+    own table (path parameters filled in) the index's candidates give the route the router's
+    full scan gives."""
+    index = app.router.middleware_stack
+    assert isinstance(index, RouteIndex)
+    checked = 0
+    for route in app.router.routes:
+        if not isinstance(route, Route):
+            continue
+        path = route.path_format
+        for name in route.param_convertors:
+            path = path.replace(f"{{{name}}}", str(uuid.uuid4()))
+        for method in sorted(route.methods or ()):
+            scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+            scanned = _first_full_match(app.router.routes, scope)
+            assert scanned is not None, (method, path)
+            assert _first_full_match(index.candidates(path), scope) is scanned, (method, path)
+            checked += 1
+    assert checked >= 30  # the whole API, not a corner of it
+
+
+async def test_alice_answers_through_the_index_as_before(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health")).status_code == 200
+    assert (await client.get("/api/v1/auth/me")).status_code == 401
+    r = await client.get("/nowhere")
+    assert (r.status_code, r.json()["code"]) == (404, "NOT_FOUND")
+    r = await client.delete("/health")  # the path is a route's, the method is not
+    assert r.status_code == 405

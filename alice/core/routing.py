@@ -13,11 +13,14 @@ as it always did."""
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import Receive, Scope, Send
 
 
-def _static(route: BaseRoute) -> bool:
+def _static(route: BaseRoute) -> TypeGuard[Route]:
+    """A route without a parameter: it matches its own path only."""
     return isinstance(route, Route) and not route.param_convertors
 
 
@@ -33,10 +36,9 @@ class RouteIndex:
 
     def _build(self) -> None:
         routes = list(self._router.routes)
-        paths = {route.path for route in routes if isinstance(route, Route) and _static(route)}
+        paths = {route.path for route in routes if _static(route)}
         self._by_path = {
-            path: [r for r in routes if not _static(r) or r.path == path]  # type: ignore[attr-defined]
-            for path in paths
+            path: [r for r in routes if not _static(r) or r.path == path] for path in paths
         }
         self._dynamic = [r for r in routes if not _static(r)]
         self._count = len(routes)
