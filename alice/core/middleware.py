@@ -100,7 +100,8 @@ class EdgeMiddleware:
             # The user, once a dependency authenticated one (request.state.user_id).
             user_id = state.get("user_id")
             if user_id:
-                user_id_var.set(str(user_id))
+                user_id = str(user_id)
+                user_id_var.set(user_id)
             access_log.info(
                 "%s %s %s %.1fms%s",
                 scope["method"],
