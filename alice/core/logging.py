@@ -1,7 +1,7 @@
 """Log setup: text or one JSON object per line, each record carrying the request id.
 
 Every request writes an access line, so a line's cost is the log's cost. Under load
-(`wrk` on `GET /auth/me`, py-spy at 1,000 Hz) a line was ~15 % of the request's CPU: a
+(`wrk` on `GET /auth/me`, py-spy at 1,000 Hz) a line was ~15 % of the request's time: a
 `write` to stderr for each line, a `getpid` for each record, and `strftime` for each
 timestamp. Here a record takes the process id from memory, the text format's timestamp
 is made once a second, and the handler writes the lines made in one turn of the event
