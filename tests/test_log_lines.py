@@ -119,13 +119,57 @@ def test_the_text_time_is_logging_s_own_across_seconds():
         record = logging.makeLogRecord({"msg": "m", "request_id": "r", "created": start + offset})
         record.msecs = (record.created - int(record.created)) * 1000
         assert ours.format(record) == theirs.format(record), offset
+        assert ours.formatTime(record, "%H:%M") == theirs.formatTime(record, "%H:%M")
 
 
-def test_a_record_carries_this_process_s_id():
-    handler = make_handler("json")  # turns logging's own lookup off
-    assert logging.logProcesses is False
-    record = logging.getLogger("tests.log_lines").makeRecord(
+@pytest.fixture
+def alice_log_setup() -> Iterator[None]:
+    """`make_handler` turns logging's own look-ups off for the whole process: put them back."""
+    saved = (
+        logging._srcfile,  # type: ignore[attr-defined]
+        logging.logThreads,
+        logging.logMultiprocessing,
+        logging.logProcesses,
+    )
+    try:
+        yield
+    finally:
+        (
+            logging._srcfile,  # type: ignore[attr-defined]
+            logging.logThreads,
+            logging.logMultiprocessing,
+            logging.logProcesses,
+        ) = saved
+
+
+def make_record() -> logging.LogRecord:
+    return logging.getLogger("tests.log_lines").makeRecord(
         "tests.log_lines", logging.INFO, __file__, 1, "m", (), None
     )
+
+
+def test_a_record_carries_this_process_s_id(alice_log_setup):
+    handler = make_handler("json")  # turns logging's own lookup off
+    assert logging.logProcesses is False
+    record = make_record()
     assert record.process == os.getpid()
     assert f'"pid": {os.getpid()}' in handler.format(record)
+
+
+def test_a_forked_child_s_records_carry_the_child_s_id(alice_log_setup):
+    """A server that forks its workers (gunicorn's uvicorn workers do) must not log the
+    parent's id from every child."""
+    make_handler("json")
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report what its record carries, then leave at once
+        try:
+            os.write(write_end, f"{make_record().process} {os.getpid()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        carried, actual = pipe.read().split()
+    os.waitpid(child, 0)
+    assert int(actual) == child
+    assert int(carried) == child != os.getpid()

@@ -110,6 +110,8 @@ class TextFormatter(logging.Formatter):
         self._stamp = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
         second = int(record.created)
         if second != self._second:
             self._stamp = time.strftime(self.default_time_format, self.converter(record.created))

@@ -23,7 +23,7 @@ def _encode(kind: str, key: int, item_id: uuid.UUID | None = None) -> str:
     against 1.0 µs (`timeit`), on every page of every list."""
     text = (
         f'[{_VERSION},"{kind}",{key},"{item_id.hex}"]'
-        if item_id
+        if item_id is not None
         else f'[{_VERSION},"{kind}",{key}]'
     )
     return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
